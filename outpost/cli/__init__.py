@@ -1,0 +1,1 @@
+"""Command line: `outpost-node` (see docs/cli.md)."""

@@ -1,0 +1,185 @@
+"""`outpost-node`: run a node and work with its home."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..codec import BULK, EXPEDITED, NORMAL
+from ..errors import BundleError, ConfigError, OutpostError
+from ..home import ROLES, load_home
+from ..node.context import open_node
+from ..node.daemon import Daemon
+from ..node.sender import Sender
+from ..node.setup import init_home, trust_peer
+from ..store.spool import bundle_files, read_reason
+from ..units import parse_duration
+from .bundles import bundles
+from .output import age, emit_json, setup_logging, size, table
+
+HOME = click.option("--home", required=True, type=click.Path(path_type=Path),
+                    help="The node's home directory.")
+PRIORITIES = {"bulk": BULK, "normal": NORMAL, "expedited": EXPEDITED}
+
+
+@click.group()
+@click.version_option(package_name="outpost")
+def cli() -> None:
+    """Outpost node: keep a remote site's services up to date over a slow, lossy link."""
+
+
+cli.add_command(bundles)
+
+
+@cli.command()
+@click.option("--role", required=True, type=click.Choice(ROLES))
+@HOME
+@click.option("--name", help="Node name (default: the role).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="A [delivery] setting for node.toml, e.g. rtt=2s (repeatable).")
+def init(role: str, home: Path, name: str | None, settings: tuple[str, ...]) -> None:
+    """Create a node home: keys, folders, state."""
+    h = init_home(home, role, name, _pairs(settings))
+    click.echo(f"{h.role} node {h.name!r} at {h.path}; public key {h.pub_file}")
+
+
+def _pairs(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@cli.command()
+@HOME
+@click.argument("peer", type=click.Path(exists=True, path_type=Path))
+def trust(home: Path, peer: Path) -> None:
+    """Trust PEER (its home directory or its node.pub file)."""
+    name = trust_peer(load_home(home), peer)
+    click.echo(f"trusting {name}; its bundles go to {home / 'outbox' / name}")
+
+
+@cli.command()
+@click.option("--role", required=True, type=click.Choice(ROLES))
+@HOME
+@click.option("--name", help="Node name, if the home is created now.")
+@click.option("--trust", "peers", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Also trust this peer home or key file (repeatable).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="[delivery] setting for a home created now.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every bundle.")
+def start(role: str, home: Path, name: str | None, peers: tuple[Path, ...],
+          settings: tuple[str, ...], verbose: bool) -> None:
+    """Run the node in the foreground until SIGINT or SIGTERM."""
+    h = init_home(home, role, name, _pairs(settings))
+    for p in peers:
+        trust_peer(h, p)
+    setup_logging(h.name, h.path / "node.log", verbose)
+    Daemon(open_node(h)).run()
+
+
+@cli.command()
+@HOME
+@click.option("--to", "peer", required=True, help="Name of the peer node.")
+@click.option("--priority", type=click.Choice(list(PRIORITIES)), default="normal")
+@click.option("--lifetime", help="How long the message may take to arrive (e.g. 2h, 7d).")
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def send(home: Path, peer: str, priority: str, lifetime: str | None, as_json: bool,
+         file: Path) -> None:
+    """Send FILE to a peer; it lands in the peer's received/<this node>/ folder."""
+    node = open_node(load_home(home))
+    total = file.stat().st_size
+    with open(file, "rb") as src, click.progressbar(
+            length=total, label=f"packing {file.name}", file=sys.stderr,
+            hidden=as_json or total < 8 * 1024 * 1024) as bar:
+        msg = Sender(node).submit(
+            peer, "file", src, meta={"name": file.name}, priority=PRIORITIES[priority],
+            lifetime=parse_duration(lifetime) if lifetime else None, progress=bar.update)
+    if as_json:
+        emit_json({"id": msg.id, "peer": peer, "size": msg.size, "units": msg.units})
+    else:
+        click.echo(f"{msg.id}: {file.name} for {peer}, {size(msg.size)} in {msg.units} unit(s)")
+
+
+@cli.command()
+@HOME
+@click.option("--json", "as_json", is_flag=True)
+def status(home: Path, as_json: bool) -> None:
+    """What the node holds: custody, reassembly, link queues, quarantine."""
+    info = status_info(load_home(home))
+    if as_json:
+        emit_json(info)
+        return
+    _print_status(info)
+
+
+def status_info(home: Any) -> dict[str, Any]:
+    node = open_node(home)
+    st, now = node.state, time.time()
+    peers = []
+    for peer in node.peers():
+        est = st.rtt(peer, home.settings.rtt)
+        peers.append({"name": peer, "srtt": est.srtt, "rtt_samples": est.samples,
+                      "outbox_files": len(bundle_files(home.outbox(peer)))})
+    sending = []
+    for m in st.messages("sending"):
+        units = st.units_of(m.id)
+        sending.append({"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size,
+                        "units": m.units, "acked": sum(u.state == "acked" for u in units),
+                        "in_flight": sum(u.state == "flight" for u in units),
+                        "age": now - m.created, "expires_in": m.expires - now})
+    reasm = [{"parent": r["parent"], "src": r["src"], "kind": r["kind"], "total": r["total"],
+              "received": r["received"], "count": r["count"]} for r in st.reassemblies()]
+    quarantined = [{"file": p.name, "reason": q.reason, "error": q.error}
+                   for p in bundle_files(home.quarantine) if (q := read_reason(p))]
+    info = {"name": home.name, "role": home.role, "home": str(home.path), "peers": peers,
+            "sending": sending, "reassembling": reasm,
+            "inbox_files": len(bundle_files(home.inbox)),
+            "delivered_seen": len(st.q("SELECT id FROM seen")),
+            "quarantine": quarantined}
+    st.close()
+    return info
+
+
+def _print_status(info: dict[str, Any]) -> None:
+    click.echo(f"{info['role']} node {info['name']} at {info['home']}")
+    table(["PEER", "RTT", "SAMPLES", "OUTBOX"],
+          [[p["name"], age(p["srtt"]), p["rtt_samples"], p["outbox_files"]]
+           for p in info["peers"]])
+    click.echo(f"\nsending ({len(info['sending'])}):")
+    table(["ID", "KIND", "TO", "SIZE", "ACKED", "IN FLIGHT", "AGE", "EXPIRES IN"],
+          [[m["id"][:16], m["kind"], m["peer"], size(m["size"]), f"{m['acked']}/{m['units']}",
+            m["in_flight"], age(m["age"]), age(m["expires_in"])] for m in info["sending"]])
+    click.echo(f"\nreassembling ({len(info['reassembling'])}):")
+    table(["PARENT", "FROM", "KIND", "SIZE", "FRAGMENTS"],
+          [[r["parent"][:16], r["src"], r["kind"], size(r["total"]),
+            f"{r['received']}/{r['count']}"] for r in info["reassembling"]])
+    click.echo(f"\ninbox: {info['inbox_files']} file(s); delivered ids remembered: "
+               f"{info['delivered_seen']}; quarantined: {len(info['quarantine'])}")
+    for q in info["quarantine"][-5:]:
+        click.echo(f"  {q['file']}: {q['reason']}: {q['error']}")
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except BundleError as e:
+        click.echo(f"error: bad bundle ({e.reason}): {e}", err=True)
+        sys.exit(1)
+    except OutpostError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
+

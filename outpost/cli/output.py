@@ -1,0 +1,52 @@
+"""Printing for people (tables, one-line errors) and for scripts (--json)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..units import format_duration, format_size
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for r in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def age(seconds: float) -> str:
+    return format_duration(seconds)
+
+
+def size(n: float) -> str:
+    return format_size(n)
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, node: str) -> None:
+        super().__init__("%(asctime)s " + node + " %(levelname)s %(message)s",
+                         "%Y-%m-%dT%H:%M:%S")
+
+
+def setup_logging(node: str, logfile: Path | None, verbose: bool) -> None:
+    root = logging.getLogger("outpost")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.handlers.clear()
+    err = logging.StreamHandler(sys.stderr)
+    err.setFormatter(_Formatter(node))
+    root.addHandler(err)
+    if logfile is not None:
+        f = logging.FileHandler(logfile)
+        f.setFormatter(_Formatter(node))
+        root.addHandler(f)

@@ -1,0 +1,154 @@
+"""Bundles as files: pack, fragment, verify and inspect (the I/O edge of the codec)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import BundleError, IntegrityError
+from ..fsutil import atomic_writer
+from .header import Fragment, Header, Limits, Payload
+from .wire import CHUNK, Keyring, PayloadEncoder, head_bytes, iter_payload, open_verified
+
+Progress = Callable[[int], None]
+
+
+def pack_bytes(header: Header, data: bytes, seed: bytes, codec: str = "none",
+               level: int = 3) -> bytes:
+    """A whole small bundle in memory (acks, requests)."""
+    enc = PayloadEncoder(codec, level)
+    body = enc.write(data) + enc.end_frame()
+    return head_bytes(header.with_payload(enc.payload()), seed) + body
+
+
+def pack_file(dest: Path, header: Header, source: BinaryIO | None, seed: bytes, *,
+              codec: str = "zstd", level: int = 3, progress: Progress | None = None) -> Header:
+    """Stream `source` into a signed bundle at `dest` (atomically); returns the final header.
+
+    The payload goes to a temporary file first because the header, which precedes it,
+    carries its length and sha256; the copy back is done by the kernel.
+    """
+    enc = PayloadEncoder(codec, level)
+    with tempfile.TemporaryFile(dir=dest.parent) as tmp:
+        while source is not None and (raw := source.read(CHUNK)):
+            tmp.write(enc.write(raw))
+            if progress:
+                progress(len(raw))
+        tmp.write(enc.end_frame())
+        final = header.with_payload(enc.payload())
+        tmp.flush()
+        tmp.seek(0)
+        with atomic_writer(dest) as out:
+            out.write(head_bytes(final, seed))
+            out.flush()
+            _copy(tmp, out, enc.length)
+    return final
+
+
+def _copy(src: BinaryIO, dst: BinaryIO, length: int) -> None:
+    """Copy `length` bytes from src's position to dst's, in the kernel where it can."""
+    dst.flush()
+    copied = 0
+    try:
+        while copied < length:
+            n = os.copy_file_range(src.fileno(), dst.fileno(), length - copied)
+            if n == 0:
+                raise IntegrityError("payload temp file is shorter than what was written")
+            copied += n
+    except OSError:
+        if copied:
+            raise
+        shutil.copyfileobj(src, dst, CHUNK)  # filesystems without copy_file_range
+
+
+def fragment_count(total: int, size: int) -> int:
+    return max(1, -(-total // size))
+
+
+def fragment_header(parent: Header, index: int, total: int, size: int) -> Header:
+    """The header of fragment `index` of a parent bundle file of `total` bytes."""
+    offset = index * size
+    length = min(size, total - offset)
+    frag = Fragment(parent=parent.id, index=index, count=fragment_count(total, size),
+                    offset=offset, total=total)
+    return replace(parent, id=f"{parent.id}.{index}", fragment=frag, meta={},
+                   payload=Payload("none", length, length))
+
+
+def write_fragment(dest: Path, parent_file: Path, frag: Header, seed: bytes) -> None:
+    """Write fragment `frag` (payload: a slice of `parent_file`) to `dest` atomically."""
+    assert frag.fragment is not None
+    offset, length = frag.fragment.offset, frag.payload.length
+    sha = hashlib.sha256()
+    with open(parent_file, "rb") as src:
+        _slice(src, offset, length, sha.update)
+        final = frag.with_payload(Payload("none", length, length, sha.digest()))
+        with atomic_writer(dest) as out:
+            out.write(head_bytes(final, seed))
+            _slice(src, offset, length, out.write)
+
+
+def _slice(f: BinaryIO, offset: int, length: int, sink: Callable[[bytes], object]) -> None:
+    f.seek(offset)
+    while length > 0:
+        data = f.read(min(CHUNK, length))
+        if not data:
+            raise IntegrityError("parent bundle is shorter than its fragments say")
+        sink(data)
+        length -= len(data)
+
+
+def read_payload(path: Path, keyring: Keyring, limits: Limits,
+                 sink: Callable[[bytes], object]) -> Header:
+    """Verify the bundle at `path` and stream its raw payload into `sink`.
+
+    Raises a BundleError at the first problem; the sink may have received data by then,
+    so it must be a staging area that is discarded on error.
+    """
+    with open(path, "rb") as f:
+        header = open_verified(f, keyring, limits)
+        for chunk in iter_payload(f, header):
+            sink(chunk)
+    return header
+
+
+def verify_file(path: Path, keyring: Keyring, limits: Limits) -> Header:
+    return read_payload(path, keyring, limits, lambda _chunk: None)
+
+
+@dataclass(frozen=True)
+class Inspection:
+    path: Path
+    size: int
+    header: Header | None
+    status: str  # ok | unknown-key | bad
+    reason: str | None = None
+    error: str | None = None
+
+
+def inspect(path: Path, keyring: Keyring, limits: Limits, *, full: bool = False) -> Inspection:
+    """What a person wants to know about a bundle file; never raises for a bad bundle.
+
+    `full` also streams and checks the payload; otherwise only the signature is checked.
+    """
+    from .wire import read_head, verify_signature
+
+    size = path.stat().st_size
+    header = None
+    try:
+        with open(path, "rb") as f:
+            header, signed, signature = read_head(f, limits)
+            verify_signature(header, signed, signature, keyring)
+            if full:
+                for _ in iter_payload(f, header):
+                    pass
+    except BundleError as e:
+        status = "unknown-key" if e.reason == "unknown-key" else "bad"
+        return Inspection(path, size, header, status, e.reason, str(e))
+    return Inspection(path, size, header, "ok")

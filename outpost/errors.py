@@ -1,0 +1,81 @@
+"""The one exception tree of Outpost.
+
+    OutpostError                  anything Outpost raises on purpose
+    ├── BundleError               a peer sent us something bad: quarantine it, keep running
+    │   ├── MalformedBundle       not a bundle, or a header that breaks the format
+    │   ├── TruncatedBundle       the file ends before the bundle does
+    │   ├── LimitExceeded         header too large or too deep, zstd bomb, absurd fragment
+    │   ├── UnknownKey            signed by a node we do not trust
+    │   ├── BadSignature          the signature does not match the header
+    │   ├── IntegrityError        payload length or sha256 differs from the signed header
+    │   ├── ExpiredBundle         its lifetime ended before it reached us
+    │   └── MisaddressedBundle    meant for another node
+    └── LocalError                our own fault: configuration, state, disk
+        ├── ConfigError           the home or its node.toml is missing or wrong
+        └── StateError            the SQLite state cannot be read or written
+
+Every BundleError carries a short machine-readable `reason` (used in quarantine records and
+`bundles ls`) next to its human message. Foreign exceptions (msgpack, zstandard, nacl,
+sqlite3, OSError) are translated into this tree where they are caught, at the edge.
+"""
+
+from __future__ import annotations
+
+
+class OutpostError(Exception):
+    """Base of every error Outpost raises on purpose."""
+
+
+class BundleError(OutpostError):
+    """A peer's bundle is bad. The node quarantines it with `reason` and goes on."""
+
+    reason = "bad-bundle"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class MalformedBundle(BundleError):
+    reason = "malformed"
+
+
+class TruncatedBundle(BundleError):
+    reason = "truncated"
+
+
+class LimitExceeded(BundleError):
+    reason = "limit-exceeded"
+
+
+class UnknownKey(BundleError):
+    reason = "unknown-key"
+
+
+class BadSignature(BundleError):
+    reason = "bad-signature"
+
+
+class IntegrityError(BundleError):
+    reason = "integrity"
+
+
+class ExpiredBundle(BundleError):
+    reason = "expired"
+
+
+class MisaddressedBundle(BundleError):
+    reason = "misaddressed"
+
+
+class LocalError(OutpostError):
+    """Our own fault (configuration, state, disk): not the peer's."""
+
+
+class ConfigError(LocalError):
+    """The node home or its configuration is missing or invalid."""
+
+
+class StateError(LocalError):
+    """The node's SQLite state cannot be read or written."""

@@ -1,0 +1,1 @@
+"""The node: sends under custody, receives and delivers exactly once, runs the daemon loop."""

@@ -1,0 +1,161 @@
+"""The node's loop: file events are hints, a periodic rescan is the truth.
+
+One thread does all the work (SQLite, files); watchdog's thread only posts hints.
+A short tick runs while anything is in flight (timers, acks), a slow one otherwise.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from ..delivery import AckBatcher
+from ..fsutil import is_transient_name
+from ..store.spool import bundle_files, prune_quarantine
+from .context import Node, log
+from .handlers import Handler, default_handlers
+from .receiver import Receiver
+from .sender import Sender
+
+BUSY_TICK = 0.1
+HOUSEKEEPING = 60.0
+KEEP_FINISHED = 7 * 86400.0
+
+
+class _Hints(FileSystemEventHandler):
+    """Turns file events into (place, path) hints for the loop; does no work itself.
+
+    A "created" event may come before the writer is done; the receiver leaves a short,
+    fresh file for a later rescan rather than calling it truncated.
+    """
+
+    def __init__(self, hints: queue.Queue[tuple[str, str]], outbox: Path) -> None:
+        self.hints, self.outbox = hints, outbox
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            path = Path(str(raw)) if raw else None
+            if path is None or is_transient_name(path.name):
+                continue
+            if path.parent == self.outbox or self.outbox in path.parents:
+                self.hints.put(("outbox", path.parent.name))
+            elif event.event_type in ("created", "moved", "closed"):
+                self.hints.put(("inbox", str(path)))
+
+
+class Daemon:
+    def __init__(self, node: Node, handlers: dict[str, Handler] | None = None) -> None:
+        s = node.home.settings
+        self.node = node
+        self.sender = Sender(node)
+        self.acks = AckBatcher(s.ack_delay, s.ack_batch)
+        self.receiver = Receiver(node, self.sender, self.acks, handlers or default_handlers())
+        self.hints: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.stopping = threading.Event()
+        self._next_rescan = 0.0
+        self._next_housekeeping = 0.0
+
+    def stop(self, *_args: object) -> None:
+        self.stopping.set()
+        self.hints.put(("stop", ""))
+
+    def run(self) -> None:
+        home = self.node.home
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        (home.path / "outbox").mkdir(exist_ok=True)
+        observer = Observer()
+        hints = _Hints(self.hints, home.path / "outbox")
+        observer.schedule(hints, str(home.inbox), recursive=False)
+        observer.schedule(hints, str(home.path / "outbox"), recursive=True)
+        observer.start()
+        log.info("node %s (%s) running in %s; peers: %s", self.node.name, home.role, home.path,
+                 ", ".join(self.node.peers()) or "none yet")
+        try:
+            self.receiver.resume()
+            while not self.stopping.is_set():
+                self.step()
+        finally:
+            self.flush_acks(force=True)
+            observer.stop()
+            observer.join(timeout=5)
+            self.node.state.close()
+            log.info("node %s stopped", self.node.name)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        self.stop()
+
+    def step(self) -> None:
+        """Wait for a hint or the next timer, then do what is due."""
+        try:
+            place, arg = self.hints.get(timeout=max(0.0, self._wake() - self.node.clock()))
+            self._hint(place, arg)
+            for _ in range(1000):
+                self._hint(*self.hints.get_nowait())
+        except queue.Empty:
+            pass
+        self.tick()
+
+    def _wake(self) -> float:
+        now = self.node.clock()
+        due = [self._next_rescan]
+        if self.sender.busy() or self.node.state.reassemblies():
+            due.append(now + BUSY_TICK)
+        if (ack := self.acks.next_due()) is not None:
+            due.append(ack)
+        return min(due)
+
+    def _hint(self, place: str, arg: str) -> None:
+        if place == "inbox":
+            path = Path(arg)
+            if path.parent == self.node.home.inbox and path.exists():
+                self.receiver.handle(path)
+        elif place == "outbox":
+            self.sender.scan_taken(arg)
+            self.sender.fill(arg)
+
+    def tick(self) -> None:
+        now = self.node.clock()
+        for peer in self.node.peers():
+            self.sender.scan_taken(peer)
+            self.sender.retry_due(peer)
+            self.sender.fill(peer)
+        self.sender.expire()
+        self.flush_acks()
+        if now >= self._next_rescan:
+            self.rescan()
+            self._next_rescan = now + self.node.home.settings.rescan
+        if now >= self._next_housekeeping:
+            self.housekeeping()
+            self._next_housekeeping = now + HOUSEKEEPING
+
+    def flush_acks(self, force: bool = False) -> None:
+        now = float("inf") if force else self.node.clock()
+        for peer, ids in self.acks.due(now):
+            self.sender.send_ack(peer, ids)
+
+    def rescan(self) -> None:
+        """The truth behind the hints: every complete file in the inbox, in name order."""
+        for path in bundle_files(self.node.home.inbox):
+            if self.stopping.is_set():
+                return
+            self.receiver.handle(path)
+            self.flush_acks()
+
+    def housekeeping(self) -> None:
+        now, s = self.node.clock(), self.node.home.settings
+        self.receiver.expire_reassemblies()
+        self.node.state.prune_seen(now - 86400.0)
+        self.node.state.prune_messages(now - KEEP_FINISHED)
+        removed = prune_quarantine(self.node.home.quarantine, s.quarantine_max)
+        if removed:
+            log.info("pruned %d old quarantined file(s)", removed)
