@@ -113,11 +113,11 @@ class Sender:
         """Units whose files left the outbox were taken by the link: start their timers."""
         present = names_in(self.node.home.outbox(peer))
         now = self.node.clock()
-        for unit in self.node.state.units(peer, QUEUED):
-            if unit.name not in present:
-                wait = self._retry_delay(peer, unit)
-                self.node.state.set_unit(unit.id, state=FLIGHT, taken_at=now,
-                                         next_retry=now + wait)
+        taken = [u for u in self.node.state.units(peer, QUEUED) if u.name not in present]
+        if taken:
+            self.node.state.set_units([
+                (u.id, {"state": FLIGHT, "taken_at": now,
+                        "next_retry": now + self._retry_delay(peer, u)}) for u in taken])
 
     def _retry_delay(self, peer: str, unit: Unit) -> float:
         s = self.settings
@@ -131,9 +131,10 @@ class Sender:
 
     def retry_due(self, peer: str) -> None:
         now = self.node.clock()
-        for unit in self.node.state.units(peer, FLIGHT):
-            if unit.next_retry is not None and unit.next_retry <= now:
-                self.node.state.set_unit(unit.id, state=NEW)
+        due = [u for u in self.node.state.units(peer, FLIGHT)
+               if u.next_retry is not None and u.next_retry <= now]
+        if due:
+            self.node.state.set_units([(u.id, {"state": NEW}) for u in due])
 
     def expire(self) -> None:
         now = self.node.clock()
@@ -153,26 +154,28 @@ class Sender:
         self._heads.pop(msg.id, None)
 
     def on_ack(self, peer: str, ids: list[str]) -> None:
-        now, done = self.node.clock(), set()
-        for unit_id in ids:
-            unit = self.node.state.unit(unit_id)
-            if unit is None or unit.peer != peer or unit.state == ACKED:
-                continue
-            if unit.state == FLIGHT and unit.attempts == 1 and unit.taken_at is not None:
-                self._observe(peer, now - unit.taken_at - self._serialisation(unit.size))
+        now = self.node.clock()
+        units = [u for u in self.node.state.units_by_id(ids)
+                 if u.peer == peer and u.state != ACKED]
+        # Karn's rule: only a bundle sent once gives an unambiguous round trip.
+        self._observe(peer, [now - u.taken_at - self._serialisation(u.size) for u in units
+                             if u.state == FLIGHT and u.attempts == 1 and u.taken_at])
+        for unit in units:
             if unit.state == QUEUED:
                 (self.node.home.outbox(peer) / unit.name).unlink(missing_ok=True)
-            self.node.state.set_unit(unit.id, state=ACKED)
-            done.add(unit.msg)
-        for msg_id in done:
+        self.node.state.set_units([(u.id, {"state": ACKED}) for u in units])
+        for msg_id in {u.msg for u in units}:
             msg = self.node.state.message(msg_id)
             if msg and msg.state == SENDING and self.node.state.unacked_count(msg_id) == 0:
                 log.info("%s %s delivered to %s", msg.kind, msg.id, peer)
                 self._release(msg, DELIVERED)
 
-    def _observe(self, peer: str, sample: float) -> None:
+    def _observe(self, peer: str, samples: list[float]) -> None:
+        if not samples:
+            return
         est = self.node.state.rtt(peer, self.settings.rtt)
-        est.observe(sample)
+        for sample in samples:
+            est.observe(sample)
         self.node.state.save_rtt(peer, est)
 
     def send_ack(self, peer: str, ids: list[str]) -> None:

@@ -165,6 +165,22 @@ class State:
         with self.tx() as db:
             db.execute(f"UPDATE units SET {cols} WHERE id = ?", (*fields.values(), unit_id))
 
+    def set_units(self, changes: list[tuple[str, dict[str, Any]]]) -> None:
+        """Several unit updates in one transaction (one fsync for a whole ack batch)."""
+        with self.tx() as db:
+            for unit_id, fields in changes:
+                cols = ", ".join(f"{k} = ?" for k in fields)
+                db.execute(f"UPDATE units SET {cols} WHERE id = ?", (*fields.values(), unit_id))
+
+    def units_by_id(self, ids: list[str]) -> list[Unit]:
+        out: list[Unit] = []
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            marks = ",".join("?" * len(part))
+            out += [Unit(**dict(r)) for r in
+                    self.q(f"SELECT * FROM units WHERE id IN ({marks})", *part)]
+        return out
+
     def set_message_state(self, msg_id: str, state: str) -> None:
         with self.tx() as db:
             db.execute("UPDATE messages SET state = ? WHERE id = ?", (state, msg_id))
