@@ -1,0 +1,51 @@
+"""The pure delivery rules: round-trip estimate, retry timing, ack batching."""
+
+from __future__ import annotations
+
+from outpost.delivery import AckBatcher, RttEstimator, retry_delay
+
+
+def test_estimator_converges_on_a_steady_round_trip() -> None:
+    est = RttEstimator.seeded(10.0)
+    for _ in range(50):
+        est.observe(0.4)
+    assert abs(est.srtt - 0.4) < 0.01
+    assert est.rto(0.2, 100) < 0.6
+
+
+def test_first_sample_replaces_the_configured_guess() -> None:
+    est = RttEstimator.seeded(600.0)
+    est.observe(2.0)
+    assert est.srtt == 2.0 and est.rttvar == 1.0
+
+
+def test_rto_is_clamped() -> None:
+    est = RttEstimator.seeded(0.001)
+    assert est.rto(0.5, 10) == 0.5
+    assert RttEstimator.seeded(1000).rto(0.5, 10) == 10
+
+
+def test_retry_backs_off_and_adds_serialisation() -> None:
+    assert retry_delay(2.0, 1, 2.0, 100) == 2.0
+    assert retry_delay(2.0, 3, 2.0, 100) == 8.0
+    assert retry_delay(2.0, 30, 2.0, 100) == 100
+    assert retry_delay(2.0, 1, 2.0, 100, serialisation=5.0) == 7.0
+
+
+def test_acks_wait_for_the_delay_then_come_as_one_batch() -> None:
+    b = AckBatcher(delay=1.0, batch=100)
+    b.add("mars", "a", now=0.0)
+    b.add("mars", "b", now=0.5)
+    b.add("mars", "a", now=0.6)
+    assert b.due(0.9) == []
+    assert b.next_due() == 1.0
+    assert b.due(1.0) == [("mars", ["a", "b"])]
+    assert b.pending() == 0 and b.next_due() is None
+
+
+def test_a_full_batch_goes_at_once_and_splits() -> None:
+    b = AckBatcher(delay=60.0, batch=3)
+    for i in range(7):
+        b.add("mars", str(i), now=0.0)
+    assert b.due(0.0) == [("mars", ["0", "1", "2"]), ("mars", ["3", "4", "5"]),
+                          ("mars", ["6"])]
