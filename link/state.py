@@ -52,6 +52,10 @@ class StateError(RuntimeError):
     """The state directory cannot be used (locked by another link-sim, unwritable)."""
 
 
+class LostPayload(StateError):
+    """An in-flight file was removed from the state directory behind link-sim's back."""
+
+
 @dataclass
 class Item:
     """One file (or one copy of a file) inside the link: the sidecar's content."""
@@ -249,10 +253,15 @@ class Lane:
         final = inbox / free_name(inbox, item.name, item.duplicate)
         payload = self.data_path(item.seq)
         if item.corrupt:
+            if not self.corrupt_path(item.seq).exists() and payload.exists():
+                self._write_corrupt(item)  # its first writing failed (disk full?)
             # .corrupt replaces .data as the payload; dropping .data first means a crash
             # between the two steps cannot deliver the file twice.
             payload.unlink(missing_ok=True)
             payload = self.corrupt_path(item.seq)
+        if not payload.exists():
+            self._forget(item)
+            raise LostPayload(f"{payload} vanished from the state directory; {item.name} is lost")
         _move(payload, final)
         self._forget(item)
         return final

@@ -25,7 +25,8 @@ def atomic_writer(path: Path, *, mode: int | None = None) -> Iterator[BinaryIO]:
 
     The temporary name is hidden (leading dot) so watchers that skip dotfiles ignore it too.
     """
-    part = path.with_name(f".{path.name}{PART}")
+    # pid and a random tag keep two processes writing the same name from sharing a .part
+    part = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(3).hex()}{PART}")
     f = open(part, "wb")  # noqa: SIM115 - closed below on every path
     try:
         if mode is not None:

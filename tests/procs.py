@@ -77,3 +77,10 @@ def files_in(folder: Path) -> list[Path]:
 
 def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
+
+
+def assert_clean_log(home: Path) -> None:
+    """No node error or traceback: those would be our faults, not the link's."""
+    text = (home / "stderr.log").read_text() if (home / "stderr.log").exists() else ""
+    bad = [line for line in text.splitlines() if " ERROR " in line or "Traceback" in line]
+    assert not bad, f"{home.name} logged errors: {bad[:3]}"

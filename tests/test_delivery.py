@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from outpost.delivery import AckBatcher, RttEstimator, retry_delay
+from outpost.delivery import AckBatcher, RttEstimator, peer_alive, retry_delay
 
 
 def test_estimator_converges_on_a_steady_round_trip() -> None:
@@ -49,3 +49,15 @@ def test_a_full_batch_goes_at_once_and_splits() -> None:
         b.add("mars", str(i), now=0.0)
     assert b.due(0.0) == [("mars", ["0", "1", "2"]), ("mars", ["3", "4", "5"]),
                           ("mars", ["6"])]
+
+
+def test_retries_stay_close_while_the_peer_is_acking() -> None:
+    assert retry_delay(2.0, 2, 2.0, 1000, peer_alive=True) == 3.0
+    assert retry_delay(2.0, 20, 2.0, 1000, peer_alive=True) == 8.0
+    assert retry_delay(2.0, 8, 2.0, 1000, peer_alive=False) == 256.0
+
+
+def test_peer_is_alive_only_with_a_recent_ack() -> None:
+    assert not peer_alive(None, 100.0, 5.0)
+    assert peer_alive(95.0, 100.0, 5.0)
+    assert not peer_alive(80.0, 100.0, 5.0)

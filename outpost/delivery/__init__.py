@@ -4,6 +4,6 @@ Time is always passed in (`now`), so every rule here is tested without sleeping.
 """
 
 from .acks import AckBatcher
-from .rtt import RttEstimator, retry_delay
+from .rtt import RttEstimator, peer_alive, retry_delay
 
-__all__ = ["AckBatcher", "RttEstimator", "retry_delay"]
+__all__ = ["AckBatcher", "RttEstimator", "peer_alive", "retry_delay"]

@@ -37,10 +37,27 @@ class RttEstimator:
         return min(max(self.srtt + K * self.rttvar, min_rto), max_rto)
 
 
+ALIVE_BACKOFF, ALIVE_CAP = 1.5, 4.0
+
+
 def retry_delay(base_rto: float, attempts: int, backoff: float, max_rto: float,
-                serialisation: float = 0.0) -> float:
+                serialisation: float = 0.0, peer_alive: bool = False) -> float:
     """How long after the link took a bundle to wait for its ack before sending it again.
 
-    `attempts` counts transmissions so far (1 for the first); each retry backs off.
+    `attempts` counts transmissions so far (1 for the first). While the peer is acking
+    other bundles, a loss is the link's random loss, not a dead peer, so waiting longer
+    would only slow the transfer: the delay grows gently and stays within a few RTOs.
+    With no recent ack the peer may be down, and each retry backs off fully so a dead
+    peer costs the link little.
     """
-    return min(base_rto * backoff ** max(attempts - 1, 0), max_rto) + serialisation
+    retries = max(attempts - 1, 0)
+    if peer_alive:
+        factor = min(ALIVE_BACKOFF ** retries, ALIVE_CAP)
+    else:
+        factor = backoff ** retries
+    return min(base_rto * factor, max_rto) + serialisation
+
+
+def peer_alive(last_ack: float | None, now: float, rto: float) -> bool:
+    """The peer acked something within the last two RTOs."""
+    return last_ack is not None and now - last_ack <= 2 * rto

@@ -16,6 +16,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from ..delivery import AckBatcher
+from ..errors import LocalError
 from ..fsutil import is_transient_name
 from ..store.spool import bundle_files, prune_quarantine
 from .context import Node, log
@@ -95,15 +96,23 @@ class Daemon:
         self.stop()
 
     def step(self) -> None:
-        """Wait for a hint or the next timer, then do what is due."""
+        """Wait for a hint or the next timer, then do what is due.
+
+        A local fault (a full disk, a file another process moved) is logged and retried on
+        the next step rather than ending the node: the state on disk is the truth.
+        """
         try:
-            place, arg = self.hints.get(timeout=max(0.0, self._wake() - self.node.clock()))
-            self._hint(place, arg)
-            for _ in range(1000):
-                self._hint(*self.hints.get_nowait())
-        except queue.Empty:
-            pass
-        self.tick()
+            try:
+                place, arg = self.hints.get(timeout=max(0.0, self._wake() - self.node.clock()))
+                self._hint(place, arg)
+                for _ in range(1000):
+                    self._hint(*self.hints.get_nowait())
+            except queue.Empty:
+                pass
+            self.tick()
+        except (OSError, LocalError) as e:
+            log.exception("error in the node loop, retrying: %s", e)
+            self.stopping.wait(1.0)
 
     def _wake(self) -> float:
         now = self.node.clock()

@@ -20,7 +20,7 @@ from ..codec import (
     write_fragment,
 )
 from ..codec.files import Progress
-from ..delivery import retry_delay
+from ..delivery import peer_alive, retry_delay
 from ..errors import ConfigError
 from ..fsutil import atomic_write_bytes, atomic_writer
 from ..home import Settings
@@ -87,8 +87,10 @@ class Sender:
 
     def _materialise(self, unit: Unit) -> None:
         msg = self.node.state.message(unit.msg)
-        if msg is None:
+        if msg is None or not self.node.state.claim(unit.id):
             return
+        # Claimed first, written second: a crash in between looks like a unit the link took
+        # and lost, which the retry timer repairs.
         dest = self.node.home.outbox(unit.peer) / unit.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         custody = Path(msg.path)
@@ -99,7 +101,6 @@ class Sender:
             frag = fragment_header(self._head(msg), unit.idx, msg.size,
                                    int(msg.meta["fragment_size"]))
             write_fragment(dest, custody, frag, self.node.seed)
-        self.node.state.set_unit(unit.id, state=QUEUED, attempts=unit.attempts + 1)
         if unit.attempts:
             log.info("resending %s to %s (attempt %d)", unit.id, unit.peer, unit.attempts + 1)
 
@@ -114,16 +115,16 @@ class Sender:
         present = names_in(self.node.home.outbox(peer))
         now = self.node.clock()
         taken = [u for u in self.node.state.units(peer, QUEUED) if u.name not in present]
-        if taken:
-            self.node.state.set_units([
-                (u.id, {"state": FLIGHT, "taken_at": now,
-                        "next_retry": now + self._retry_delay(peer, u)}) for u in taken])
-
-    def _retry_delay(self, peer: str, unit: Unit) -> float:
+        if not taken:
+            return
         s = self.settings
-        est = self.node.state.rtt(peer, s.rtt)
-        return retry_delay(est.rto(s.min_rto, s.max_rto), unit.attempts, s.backoff, s.max_rto,
-                           self._serialisation(unit.size))
+        rto = self.node.state.rtt(peer, s.rtt).rto(s.min_rto, s.max_rto)
+        alive = peer_alive(self.node.state.last_ack(peer), now, rto)
+        self.node.state.set_units([
+            (u.id, {"state": FLIGHT, "taken_at": now,
+                    "next_retry": now + retry_delay(rto, u.attempts, s.backoff, s.max_rto,
+                                                    self._serialisation(u.size), alive)})
+            for u in taken])
 
     def _serialisation(self, size: int) -> float:
         bw = self.settings.bandwidth
@@ -158,8 +159,8 @@ class Sender:
         units = [u for u in self.node.state.units_by_id(ids)
                  if u.peer == peer and u.state != ACKED]
         # Karn's rule: only a bundle sent once gives an unambiguous round trip.
-        self._observe(peer, [now - u.taken_at - self._serialisation(u.size) for u in units
-                             if u.state == FLIGHT and u.attempts == 1 and u.taken_at])
+        self._observe(peer, now, [now - u.taken_at - self._serialisation(u.size) for u in units
+                                  if u.state == FLIGHT and u.attempts == 1 and u.taken_at])
         for unit in units:
             if unit.state == QUEUED:
                 (self.node.home.outbox(peer) / unit.name).unlink(missing_ok=True)
@@ -170,13 +171,11 @@ class Sender:
                 log.info("%s %s delivered to %s", msg.kind, msg.id, peer)
                 self._release(msg, DELIVERED)
 
-    def _observe(self, peer: str, samples: list[float]) -> None:
-        if not samples:
-            return
+    def _observe(self, peer: str, now: float, samples: list[float]) -> None:
         est = self.node.state.rtt(peer, self.settings.rtt)
         for sample in samples:
             est.observe(sample)
-        self.node.state.save_rtt(peer, est)
+        self.node.state.save_rtt(peer, est, last_ack=now)
 
     def send_ack(self, peer: str, ids: list[str]) -> None:
         """Acks are not kept in custody: a lost ack is repaired by the resent bundle."""

@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS reasm (
 CREATE TABLE IF NOT EXISTS reasm_parts (
     parent TEXT NOT NULL, idx INTEGER NOT NULL, PRIMARY KEY (parent, idx));
 CREATE TABLE IF NOT EXISTS rtt (
-    peer TEXT PRIMARY KEY, srtt REAL NOT NULL, rttvar REAL NOT NULL, samples INTEGER NOT NULL);
+    peer TEXT PRIMARY KEY, srtt REAL NOT NULL, rttvar REAL NOT NULL, samples INTEGER NOT NULL,
+    last_ack REAL);
 """
 
 # unit states: new (waiting for room in the outbox), queued (file in the outbox),
@@ -165,6 +166,13 @@ class State:
         with self.tx() as db:
             db.execute(f"UPDATE units SET {cols} WHERE id = ?", (*fields.values(), unit_id))
 
+    def claim(self, unit_id: str) -> bool:
+        """Take a waiting unit for the outbox; False if another process already did."""
+        with self.tx() as db:
+            cur = db.execute("UPDATE units SET state = ?, attempts = attempts + 1 "
+                             "WHERE id = ? AND state = ?", (QUEUED, unit_id, NEW))
+            return cur.rowcount == 1
+
     def set_units(self, changes: list[tuple[str, dict[str, Any]]]) -> None:
         """Several unit updates in one transaction (one fsync for a whole ack batch)."""
         with self.tx() as db:
@@ -273,10 +281,14 @@ class State:
         r = rows[0]
         return RttEstimator(srtt=r["srtt"], rttvar=r["rttvar"], samples=r["samples"])
 
-    def save_rtt(self, peer: str, est: RttEstimator) -> None:
+    def save_rtt(self, peer: str, est: RttEstimator, last_ack: float | None) -> None:
         with self.tx() as db:
-            db.execute("INSERT OR REPLACE INTO rtt VALUES (?,?,?,?)",
-                       (peer, est.srtt, est.rttvar, est.samples))
+            db.execute("INSERT OR REPLACE INTO rtt VALUES (?,?,?,?,?)",
+                       (peer, est.srtt, est.rttvar, est.samples, last_ack))
+
+    def last_ack(self, peer: str) -> float | None:
+        rows = self.q("SELECT last_ack FROM rtt WHERE peer = ?", peer)
+        return rows[0]["last_ack"] if rows else None
 
 
 def _message(r: sqlite3.Row) -> Message:

@@ -1,0 +1,5 @@
+"""`python -m link` runs link-sim."""
+
+from .cli import main
+
+main()
