@@ -367,7 +367,8 @@ def table(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         def f(key: str, fmt: str, row: dict[str, Any] = r) -> str:
             v = row.get(key)
-            return "-" if v is None else format(v, fmt)
+            width = int(re.match(r"\d*", fmt).group() or 0)  # type: ignore[union-attr]
+            return "-".rjust(width) if v is None else format(v, fmt)
         verdict = "-" if r["target"] is None else ("yes" if r["pass"] else "NO")
         if r.get("error"):
             verdict = "FAIL"

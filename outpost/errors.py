@@ -9,10 +9,16 @@
     │   ├── BadSignature          the signature does not match the header
     │   ├── IntegrityError        payload length or sha256 differs from the signed header
     │   ├── ExpiredBundle         its lifetime ended before it reached us
-    │   └── MisaddressedBundle    meant for another node
+    │   ├── MisaddressedBundle    meant for another node
+    │   └── RefusedContent        arrived intact as signed, but what it says is refused
+    │                             (history rewrite, a layer that is not its diff_id): the
+    │                             receiver acks it so the sender stops, and reports it
     └── LocalError                our own fault: configuration, state, disk
-        ├── ConfigError           the home or its node.toml is missing or wrong
-        └── StateError            the SQLite state cannot be read or written
+        ├── ConfigError           the home, node.toml or outpost.toml is missing or wrong
+        ├── StateError            the SQLite state cannot be read or written
+        ├── GitError              a git command failed on our side
+        ├── DockerError           the Docker daemon is missing or refused a request
+        └── RegistryError         the registry is missing or refused a request
 
 Every BundleError carries a short machine-readable `reason` (used in quarantine records and
 `bundles ls`) next to its human message. Foreign exceptions (msgpack, zstandard, nacl,
@@ -69,6 +75,16 @@ class MisaddressedBundle(BundleError):
     reason = "misaddressed"
 
 
+class RefusedContent(BundleError):
+    """The bundle is intact and correctly signed, but its content is refused for good.
+
+    Resending cannot help, so unlike other BundleErrors it is acknowledged (and reported to
+    the sender) as well as quarantined.
+    """
+
+    reason = "refused"
+
+
 class LocalError(OutpostError):
     """Our own fault (configuration, state, disk): not the peer's."""
 
@@ -79,3 +95,11 @@ class ConfigError(LocalError):
 
 class StateError(LocalError):
     """The node's SQLite state cannot be read or written."""
+
+
+class GitError(LocalError):
+    """A git command failed for a reason of ours (not a peer's bundle)."""
+
+
+class DockerError(LocalError):
+    """The Docker daemon is not reachable or refused a request."""

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..errors import BundleError, IntegrityError
 from ..fsutil import atomic_writer
@@ -27,21 +27,49 @@ def pack_bytes(header: Header, data: bytes, seed: bytes, codec: str = "none",
     return head_bytes(header.with_payload(enc.payload()), seed) + body
 
 
-def pack_file(dest: Path, header: Header, source: BinaryIO | None, seed: bytes, *,
-              codec: str = "zstd", level: int = 3, progress: Progress | None = None) -> Header:
-    """Stream `source` into a signed bundle at `dest` (atomically); returns the final header.
+class PartWriter:
+    """What a `fill` function writes raw payload bytes to; `end_frame` closes a zstd frame so
+    each part (an image layer, say) can be checked on its own when it is read back."""
 
-    The payload goes to a temporary file first because the header, which precedes it,
-    carries its length and sha256; the copy back is done by the kernel.
+    def __init__(self, enc: PayloadEncoder, out: BinaryIO, progress: Progress | None) -> None:
+        self._enc, self._out, self._progress = enc, out, progress
+
+    def write(self, raw: bytes) -> None:
+        self._out.write(self._enc.write(raw))
+        if self._progress:
+            self._progress(len(raw))
+
+    def copy_from(self, source: BinaryIO, limit: int = -1) -> int:
+        """Stream `source` (up to `limit` bytes) into the payload; returns bytes copied."""
+        done = 0
+        while limit < 0 or done < limit:
+            raw = source.read(CHUNK if limit < 0 else min(CHUNK, limit - done))
+            if not raw:
+                break
+            self.write(raw)
+            done += len(raw)
+        return done
+
+    def end_frame(self) -> None:
+        self._out.write(self._enc.end_frame())
+
+
+Fill = Callable[[PartWriter], dict[str, Any] | None]
+
+
+def pack_parts(dest: Path, header: Header, fill: Fill, seed: bytes, *, codec: str = "zstd",
+               level: int = 3, progress: Progress | None = None) -> Header:
+    """Sign a bundle whose payload `fill` streams in; returns the final header.
+
+    The payload goes to an unnamed temporary file first because the header, which precedes
+    it, carries its length and sha256 (and whatever meta `fill` returns, learnt while
+    streaming); the copy back is done by the kernel.
     """
     enc = PayloadEncoder(codec, level)
     with tempfile.TemporaryFile(dir=dest.parent) as tmp:
-        while source is not None and (raw := source.read(CHUNK)):
-            tmp.write(enc.write(raw))
-            if progress:
-                progress(len(raw))
+        extra = fill(PartWriter(enc, tmp, progress)) or {}
         tmp.write(enc.end_frame())
-        final = header.with_payload(enc.payload())
+        final = replace(header, meta={**header.meta, **extra}, payload=enc.payload())
         tmp.flush()
         tmp.seek(0)
         with atomic_writer(dest) as out:
@@ -49,6 +77,16 @@ def pack_file(dest: Path, header: Header, source: BinaryIO | None, seed: bytes, 
             out.flush()
             _copy(tmp, out, enc.length)
     return final
+
+
+def pack_file(dest: Path, header: Header, source: BinaryIO | None, seed: bytes, *,
+              codec: str = "zstd", level: int = 3, progress: Progress | None = None) -> Header:
+    """Stream `source` into a signed bundle at `dest` (atomically); returns the final header."""
+    def fill(w: PartWriter) -> None:
+        if source is not None:
+            w.copy_from(source)
+
+    return pack_parts(dest, header, fill, seed, codec=codec, level=level, progress=progress)
 
 
 def _copy(src: BinaryIO, dst: BinaryIO, length: int) -> None:

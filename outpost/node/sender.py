@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -16,16 +18,17 @@ from ..codec import (
     new_id,
     pack_bytes,
     pack_file,
+    pack_parts,
     read_head,
     write_fragment,
 )
-from ..codec.files import Progress
+from ..codec.files import Fill, Progress
 from ..delivery import peer_alive, retry_delay
 from ..errors import ConfigError
 from ..fsutil import atomic_write_bytes, atomic_writer
 from ..home import Settings
 from ..store.spool import RANK_ACK, names_in, outbox_name, rank
-from ..store.state import ACKED, FLIGHT, NEW, QUEUED, Message, Unit
+from ..store.state import ACKED, CARRIED, FLIGHT, NEW, QUEUED, Message, Unit
 from .context import Node, log
 
 SENDING, DELIVERED, EXPIRED = "sending", "delivered", "expired"
@@ -33,19 +36,26 @@ ACK_LIFETIME = 86400.0
 
 
 class Sender:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, node: Node,
+                 on_delivered: Callable[[Message], None] | None = None) -> None:
+        self.node, self.on_delivered = node, on_delivered
         self._heads: dict[str, Header] = {}
 
     @property
     def settings(self) -> Settings:
         return self.node.home.settings
 
-    def submit(self, peer: str, kind: str, source: BinaryIO | None, *,
-               meta: dict[str, Any] | None = None, priority: int = NORMAL,
-               lifetime: float | None = None, codec: str = "zstd",
-               reply_to: str | None = None, progress: Progress | None = None) -> Message:
-        """Take `source` into custody for `peer`; it goes out as the outbox has room."""
+    def submit(self, peer: str, kind: str, source: BinaryIO | None = None, *,
+               fill: Fill | None = None, meta: dict[str, Any] | None = None,
+               priority: int = NORMAL, lifetime: float | None = None, codec: str = "zstd",
+               reply_to: str | None = None, progress: Progress | None = None,
+               custody: dict[str, Any] | None = None, via_link: bool = True) -> Message:
+        """Take a message into custody for `peer`; it goes out as the outbox has room.
+
+        The payload is `source` or whatever `fill` writes (its returned dict joins the
+        header's meta). `custody` is kept with the message for the role's own use when it
+        is acknowledged; `via_link=False` keeps it out of the outbox (carried by hand).
+        """
         if peer not in self.node.state.keyring():
             raise ConfigError(f"{peer!r} is not a trusted peer; run `outpost-node trust` first")
         s, now = self.settings, self.node.clock()
@@ -53,14 +63,21 @@ class Sender:
                         expires=now + (lifetime or s.lifetime), priority=priority,
                         reply_to=reply_to, meta=meta or {})
         path = self.node.home.spool / "custody" / f"{header.id}.opb"
-        pack_file(path, header, source, self.node.seed, codec=codec, level=s.zstd_level,
-                  progress=progress)
+        if fill is None:
+            pack_file(path, header, source, self.node.seed, codec=codec, level=s.zstd_level,
+                      progress=progress)
+        else:
+            pack_parts(path, header, fill, self.node.seed, codec=codec, level=s.zstd_level,
+                       progress=progress)
         size = path.stat().st_size
         msg = Message(id=header.id, peer=peer, kind=kind, path=str(path), size=size,
                       priority=priority, created=now, expires=header.expires,
                       units=fragment_count(size, s.fragment_size), state=SENDING,
-                      meta={"fragment_size": s.fragment_size})
-        self.node.state.add_message(msg, self._units(msg, s.fragment_size))
+                      meta={"fragment_size": s.fragment_size, **(custody or {})})
+        units = self._units(msg, s.fragment_size)
+        if not via_link:
+            units = [replace(u, state=CARRIED) for u in units]
+        self.node.state.add_message(msg, units)
         log.info("queued %s %s for %s: %d bytes in %d unit(s)", kind, header.id, peer, size,
                  msg.units)
         self.fill(peer)
@@ -156,8 +173,7 @@ class Sender:
 
     def on_ack(self, peer: str, ids: list[str]) -> None:
         now = self.node.clock()
-        units = [u for u in self.node.state.units_by_id(ids)
-                 if u.peer == peer and u.state != ACKED]
+        units = [u for u in self._units_acked_by(ids) if u.peer == peer and u.state != ACKED]
         # Karn's rule: only a bundle sent once gives an unambiguous round trip.
         self._observe(peer, now, [now - u.taken_at - self._serialisation(u.size) for u in units
                                   if u.state == FLIGHT and u.attempts == 1 and u.taken_at])
@@ -170,6 +186,17 @@ class Sender:
             if msg and msg.state == SENDING and self.node.state.unacked_count(msg_id) == 0:
                 log.info("%s %s delivered to %s", msg.kind, msg.id, peer)
                 self._release(msg, DELIVERED)
+                if self.on_delivered is not None:
+                    self.on_delivered(msg)
+
+    def _units_acked_by(self, ids: list[str]) -> list[Unit]:
+        """Units named by an ack: unit ids, or a message id for the whole of it (a message
+        that arrived whole by another path, say on removable media)."""
+        units = {u.id: u for u in self.node.state.units_by_id(ids)}
+        for msg_id in ids:
+            if "." not in msg_id and msg_id not in units:
+                units.update((u.id, u) for u in self.node.state.units_of(msg_id))
+        return list(units.values())
 
     def _observe(self, peer: str, now: float, samples: list[float]) -> None:
         est = self.node.state.rtt(peer, self.settings.rtt)

@@ -51,8 +51,8 @@ CREATE TABLE IF NOT EXISTS rtt (
 """
 
 # unit states: new (waiting for room in the outbox), queued (file in the outbox),
-# flight (the link took it), acked
-NEW, QUEUED, FLIGHT, ACKED = "new", "queued", "flight", "acked"
+# flight (the link took it), acked; carried: exported to go by hand, never via the outbox
+NEW, QUEUED, FLIGHT, ACKED, CARRIED = "new", "queued", "flight", "acked", "carried"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The outpost gateway: imports received images into the local registry."""

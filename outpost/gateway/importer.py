@@ -1,0 +1,86 @@
+"""The outpost's gateway: verified image parts into the registry, no Docker daemon needed.
+
+Everything is checked before the first byte goes to the registry: each part against its
+digest (by the caller, while staging), and here the config's layer list against the
+image's. Layers are stored uncompressed, so a blob's digest is its diff_id and the
+registry itself says which layers the outpost holds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..errors import RefusedContent
+from ..release.manifest import ImageFacts
+from ..store.releases import ReleaseStore
+from .registry import OCI_MANIFEST, Registry, image_ref_parts, oci_manifest
+
+
+class Gateway:
+    def __init__(self, registry: Registry, store: ReleaseStore) -> None:
+        self.registry, self.store = registry, store
+
+    def import_image(self, facts: ImageFacts, files: dict[str, Path]) -> list[str]:
+        """Push the image; returns the layers it still lacks (then nothing is tagged)."""
+        check_config(facts, files[facts.image_id])
+        repo, tag = image_ref_parts(facts.ref)
+        sizes: dict[str, int] = {}
+        missing: list[str] = []
+        for digest in dict.fromkeys(facts.diff_ids):
+            size = self._place_layer(repo, digest, files.get(digest))
+            if size is None:
+                missing.append(digest)
+            else:
+                sizes[digest] = size
+        self.store.add_layers(repo, sizes)
+        if missing:
+            return missing
+        config = files[facts.image_id]
+        with open(config, "rb") as f:
+            self.registry.push_blob(repo, facts.image_id, f, config.stat().st_size)
+        manifest = oci_manifest(facts.image_id, config.stat().st_size,
+                                [(d, sizes[d]) for d in facts.diff_ids])
+        self.registry.put_manifest(repo, tag, manifest, OCI_MANIFEST)
+        self.store.add_image(facts.image_id, facts.ref, time.time())
+        return []
+
+    def _place_layer(self, repo: str, digest: str, staged: Path | None) -> int | None:
+        """Make `repo` hold layer `digest`: upload it, find it, or mount it from another repo."""
+        if staged is not None:
+            with open(staged, "rb") as f:
+                self.registry.push_blob(repo, digest, f, staged.stat().st_size)
+            return staged.stat().st_size
+        size = self.registry.blob_size(repo, digest)
+        if size is not None:
+            return size
+        held = self.store.held_layer(digest)
+        if held is not None and self.registry.mount_blob(repo, digest, held[0]):
+            return held[1]
+        if held is not None:
+            self.store.forget_layer(digest)  # gone from the registry (garbage-collected)
+        return None
+
+    def present_layers(self) -> list[str]:
+        """Layers the registry really holds (checked, not just remembered)."""
+        out = []
+        for digest in self.store.layers():
+            held = self.store.held_layer(digest)
+            if held and self.registry.has_blob(held[0], digest):
+                out.append(digest)
+            else:
+                self.store.forget_layer(digest)
+        return out
+
+
+def check_config(facts: ImageFacts, config: Path) -> None:
+    try:
+        doc = json.loads(config.read_bytes())
+        diff_ids = doc["rootfs"]["diff_ids"]
+    except (ValueError, KeyError, TypeError):
+        raise RefusedContent(f"image {facts.ref}: its config is not an image config",
+                             reason="bad-image-config") from None
+    if diff_ids != facts.diff_ids:
+        raise RefusedContent(f"image {facts.ref}: the config's layers differ from the "
+                             "release's", reason="config-mismatch")

@@ -1,0 +1,486 @@
+"""A small Registry HTTP API v2 client: what the gateway needs to import images, no daemon.
+
+It speaks to the outpost's CNCF distribution registry with the standard library only
+(http.client), so importing an image needs neither Docker nor `requests`.
+
+Layers are stored in the outpost registry UNCOMPRESSED, as OCI `layer.v1.tar` blobs whose
+digest is the layer's diff_id: the LAN is fast and the link carries zstd anyway, and it makes
+"does the outpost hold layer X" the same question as "does the registry hold blob diff_id".
+With the config blob being the image config itself, `docker pull` then yields the same image
+ID (config digest) as Earth's.
+
+Blobs are stored once in distribution's storage, but the API is per repository: a blob pushed
+to repo A answers 404 under repo B until it is linked there with `mount_blob`.
+
+One `Registry` holds one keep-alive connection; it is not thread-safe (use one per thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import re
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from email.message import Message
+from typing import BinaryIO
+from urllib.parse import quote, urlencode, urlsplit
+
+from outpost.errors import LocalError
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST)
+
+CHUNK = 1 << 20
+# Bodies we read whole (manifests, tag lists, error JSON). distribution caps manifests at
+# 4 MiB; anything far larger is not a registry talking, and must not fill our memory.
+MAX_RESPONSE = 16 << 20
+START_HINT = "start it with scripts/services start or pass --registry"
+
+# The reference grammar of distribution (reference/regexp.go), lowercase names only.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_LINK_NEXT_RE = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+
+Progress = Callable[[int], None]
+
+
+class RegistryError(LocalError):
+    """The outpost registry cannot be reached, or it refused a request (with its reason).
+
+    `status` is the HTTP status when the registry answered, `codes` the error codes of its
+    error JSON (e.g. DIGEST_INVALID, BLOB_UNKNOWN, MANIFEST_BLOB_UNKNOWN).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 codes: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.codes = tuple(codes)
+
+
+class _Disconnected(Exception):
+    """The connection broke mid-request; `push_blob` may retry with a rewound source."""
+
+    def __init__(self, cause: OSError | http.client.HTTPException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Message
+    body: bytes
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def check_repo(repo: str) -> str:
+    if not _NAME_RE.fullmatch(repo) or len(repo) > 255:
+        raise RegistryError(f"invalid repository name {repo!r}: use lowercase letters, digits, "
+                            "and . _ - separators, with / between path components")
+    return repo
+
+
+def check_digest(digest: str) -> str:
+    if not _DIGEST_RE.fullmatch(digest):
+        raise RegistryError(f"invalid digest {digest!r}: expected sha256:<64 lowercase hex>")
+    return digest
+
+
+def _check_reference(reference: str) -> str:
+    if not (_TAG_RE.fullmatch(reference) or _DIGEST_RE.fullmatch(reference)):
+        raise RegistryError(f"invalid manifest reference {reference!r}: expected a tag "
+                            "or a sha256 digest")
+    return reference
+
+
+def image_ref_parts(ref: str) -> tuple[str, str]:
+    """Split an image reference into the outpost registry's (repository, tag).
+
+    "outpost-demo/app:1.0" -> ("outpost-demo/app", "1.0"); no tag means "latest". A leading
+    registry host ("ghcr.io/x/app:1", "localhost:5000/app") is dropped: the outpost serves
+    the image under its own registry, so `docker pull OUTPOST_REGISTRY/x/app:1` works.
+    """
+    if "@" in ref:
+        raise RegistryError(f"image reference {ref!r} names a digest: name the image by tag "
+                            "(name:tag); the outpost registry is addressed by tags")
+    name, tag = ref, "latest"
+    colon, slash = ref.rfind(":"), ref.rfind("/")
+    if colon > slash:  # a colon before the last slash is a registry port, not a tag
+        name, tag = ref[:colon], ref[colon + 1:]
+    first, sep, rest = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        name = rest
+    if name != name.lower():
+        raise RegistryError(f"image reference {ref!r}: repository names must be lowercase")
+    if not name or not _NAME_RE.fullmatch(name) or len(name) > 255:
+        raise RegistryError(f"image reference {ref!r}: invalid repository name {name!r} "
+                            "(lowercase letters, digits, . _ - separators, / between parts)")
+    if not _TAG_RE.fullmatch(tag):
+        raise RegistryError(f"image reference {ref!r}: invalid tag {tag!r} (letters, digits, "
+                            "_ . -, at most 128, not starting with . or -)")
+    return name, tag
+
+
+def oci_manifest(config_digest: str, config_size: int,
+                 layers: Sequence[tuple[str, int]]) -> bytes:
+    """The canonical OCI image manifest of an image whose layers are uncompressed tars.
+
+    Canonical (sorted keys, no whitespace) so Earth and the outpost build byte-identical
+    manifests, hence the same manifest digest, from the same image.
+    """
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": check_digest(config_digest),
+                   "size": int(config_size)},
+        "layers": [{"mediaType": OCI_LAYER_TAR, "digest": check_digest(d), "size": int(s)}
+                   for d, s in layers],
+    }
+    return json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _error_details(body: bytes) -> tuple[list[str], str]:
+    """(codes, text) from the registry's error JSON, or a bit of the raw body."""
+    try:
+        errors = json.loads(body)["errors"]
+        codes = [str(e.get("code", "UNKNOWN")) for e in errors]
+        text = "; ".join(f"{e.get('code', 'UNKNOWN')}: {e.get('message', '')}".rstrip(": ")
+                         for e in errors)
+        return codes, text
+    except (ValueError, KeyError, TypeError, AttributeError):
+        snippet = body[:200].decode("utf-8", "replace").strip()
+        return [], snippet
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__
+
+
+class Registry:
+    """A Registry HTTP API v2 client bound to one registry and one keep-alive connection."""
+
+    def __init__(self, address: str, *, timeout: float = 60, scheme: str = "http",
+                 cafile: str | None = None) -> None:
+        if "://" in address:
+            scheme, _, address = address.partition("://")
+        address = address.rstrip("/")
+        if scheme not in ("http", "https"):
+            raise RegistryError(f"registry {address!r}: unsupported scheme {scheme!r} "
+                                "(use http:// or https://)")
+        if not address or "/" in address or "?" in address:
+            raise RegistryError(f"invalid registry address {address!r}: expected host:port")
+        self.address = address
+        self.scheme = scheme
+        self.timeout = timeout
+        self._ssl: ssl.SSLContext | None = None
+        if scheme == "https":
+            self._ssl = ssl.create_default_context(cafile=cafile)
+        self._conn: http.client.HTTPConnection | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.address}"
+
+    def __repr__(self) -> str:
+        return f"Registry({self.url!r})"
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- the API --------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raise RegistryError, saying what to do, unless /v2/ answers 200."""
+        resp = self._request("GET", "/v2/")
+        if resp.status == 401:
+            raise RegistryError(f"registry at {self.url} requires authentication, which the "
+                                "outpost gateway does not support: run it without auth on the "
+                                "outpost's LAN or pass --registry", status=401)
+        if resp.status != 200:
+            raise RegistryError(f"{self.url}/v2/ answered HTTP {resp.status}, not a Registry "
+                                f"v2 API: {START_HINT} HOST:PORT", status=resp.status)
+
+    def has_blob(self, repo: str, digest: str) -> bool:
+        """Whether `repo` holds blob `digest` (a blob held only by other repos answers False)."""
+        return self.blob_size(repo, digest) is not None
+
+    def blob_size(self, repo: str, digest: str) -> int | None:
+        """The size of blob `digest` in `repo`, or None when `repo` does not hold it.
+
+        distribution does not check the sizes a manifest declares against its blobs (it
+        stores a manifest with a wrong layer size, and pulls then fail), so a caller that
+        builds manifests from sizes it was told can check them here first.
+        """
+        resp = self._request("HEAD", self._blob_path(repo, digest))
+        if resp.status == 404:
+            return None
+        if resp.status != 200:
+            raise self._refused(f"HEAD blob {digest} in {repo}", resp)
+        length = resp.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise RegistryError(f"registry at {self.url} answered HEAD blob {digest} "
+                                "without a Content-Length")
+        return int(length)
+
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
+        """Link blob `digest` from `from_repo` into `repo` without sending it; False if absent."""
+        query = urlencode({"mount": check_digest(digest), "from": check_repo(from_repo)})
+        resp = self._request("POST", f"/v2/{quote(check_repo(repo))}/blobs/uploads/?{query}")
+        if resp.status == 201:
+            return True
+        if resp.status == 202:
+            # The registry fell back to opening an ordinary upload session; cancel it so it
+            # does not linger in storage until the upload purger runs (a week by default).
+            self._cancel_upload(resp.headers.get("Location"))
+            return False
+        raise self._refused(f"mount of blob {digest} from {from_repo} into {repo}", resp)
+
+    def push_blob(self, repo: str, digest: str, source: BinaryIO, size: int,
+                  progress: Progress | None = None) -> bool:
+        """Upload `size` bytes of `source` as blob `digest`; False if `repo` already holds it.
+
+        Streams in CHUNK pieces (the blob may be gigabytes), reading exactly `size` bytes from
+        the source's current position. The registry checks the digest: content that does not
+        match is refused (RegistryError with code DIGEST_INVALID). `progress(sent)` is called
+        with the running total of bytes sent (from 0 again if a broken connection forces the
+        one retry).
+        """
+        check_repo(repo)
+        check_digest(digest)
+        if self.has_blob(repo, digest):
+            return False
+        # Two steps, PATCH with the bytes then PUT with the digest, rather than one monolithic
+        # PUT: the PATCH answer carries an upload state that matches the stored bytes, and
+        # only with it can a refused upload be cancelled. After a refused monolithic PUT the
+        # registry answers DELETE with BLOB_UPLOAD_INVALID and keeps the bytes (possibly
+        # gigabytes) in _uploads until its purger runs, a week later.
+        # A broken connection mid-upload is retried once from the start, if we can rewind.
+        start = source.tell() if source.seekable() else None
+        for attempt in (0, 1):
+            location = self._start_upload(repo)
+            try:
+                resp = self._send_stream("PATCH", _location_path(location), source, size,
+                                         progress)
+            except _Disconnected as e:
+                if attempt == 0 and start is not None:
+                    source.seek(start)
+                    continue
+                raise self._unreachable(e.cause) from e.cause
+            break
+        staged = resp.headers.get("Location")
+        if resp.status != 202 or not staged:
+            self._cancel_upload(location)
+            raise self._refused(f"upload of blob {digest} ({size} bytes) to {repo}", resp)
+        split = urlsplit(staged)
+        query = (split.query + "&" if split.query else "") + urlencode({"digest": digest})
+        resp = self._request("PUT", f"{split.path}?{query}", body=b"")
+        if resp.status != 201:
+            self._cancel_upload(staged)
+            raise self._refused(f"upload of blob {digest} ({size} bytes) to {repo}", resp)
+        stored = resp.headers.get("Docker-Content-Digest")
+        if stored is not None and stored != digest:
+            raise RegistryError(f"registry at {self.url} stored blob {digest} as {stored}")
+        return True
+
+    def put_manifest(self, repo: str, reference: str, body: bytes, media_type: str) -> str:
+        """Store a manifest under a tag (or its digest); returns its digest."""
+        path = f"/v2/{quote(check_repo(repo))}/manifests/{_check_reference(reference)}"
+        resp = self._request("PUT", path, body=body, headers={"Content-Type": media_type})
+        if resp.status != 201:
+            raise self._refused(f"manifest {repo}:{reference}", resp)
+        digest = sha256_digest(body)
+        stored = resp.headers.get("Docker-Content-Digest")
+        if stored is not None and stored != digest:
+            # distribution stores OCI and schema2 manifests byte for byte; a different digest
+            # means the image would not be the one we meant to publish.
+            raise RegistryError(f"registry at {self.url} stored manifest {repo}:{reference} "
+                                f"as {stored}, expected {digest}")
+        return digest
+
+    def get_manifest(self, repo: str, reference: str,
+                     accept: Sequence[str] = MANIFEST_TYPES) -> tuple[str, bytes, str] | None:
+        """(media type, body, digest) of a manifest, or None when the registry has none."""
+        path = f"/v2/{quote(check_repo(repo))}/manifests/{_check_reference(reference)}"
+        resp = self._request("GET", path, headers={"Accept": ", ".join(accept)})
+        if resp.status == 404:
+            return None
+        if resp.status != 200:
+            raise self._refused(f"GET manifest {repo}:{reference}", resp)
+        digest = sha256_digest(resp.body)
+        if reference.startswith("sha256:") and digest != reference:
+            raise RegistryError(f"registry at {self.url} answered manifest {reference} "
+                                f"with content whose digest is {digest}")
+        media_type = (resp.headers.get("Content-Type") or "").split(";")[0].strip()
+        if not media_type:
+            try:
+                media_type = str(json.loads(resp.body).get("mediaType", ""))
+            except (ValueError, AttributeError):
+                media_type = ""
+        return media_type, resp.body, digest
+
+    def tags(self, repo: str) -> list[str]:
+        """The tags of `repo`, sorted ([] when the repository does not exist).
+
+        distribution 2.8 answers all tags in one page, in storage order (it ignores `n`);
+        other registries may page with `Link: <...>; rel="next"`, which is followed.
+        """
+        path = f"/v2/{quote(check_repo(repo))}/tags/list"
+        found: list[str] = []
+        for _ in range(10_000):  # pages; a bound so a looping Link header cannot hang us
+            resp = self._request("GET", path)
+            if resp.status == 404:
+                return sorted(set(found))
+            if resp.status != 200:
+                raise self._refused(f"tag list of {repo}", resp)
+            try:
+                found.extend(json.loads(resp.body).get("tags") or [])
+            except (ValueError, AttributeError) as e:
+                raise RegistryError(f"registry at {self.url} answered a tag list of {repo} "
+                                    f"that is not JSON: {e}") from e
+            link = _LINK_NEXT_RE.search(resp.headers.get("Link") or "")
+            if link is None:
+                return sorted(set(found))
+            path = _location_path(link.group(1))
+        raise RegistryError(f"registry at {self.url}: tag list of {repo} does not end")
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _blob_path(self, repo: str, digest: str) -> str:
+        return f"/v2/{quote(check_repo(repo))}/blobs/{check_digest(digest)}"
+
+    def _start_upload(self, repo: str) -> str:
+        resp = self._request("POST", f"/v2/{quote(repo)}/blobs/uploads/")
+        location = resp.headers.get("Location")
+        if resp.status != 202 or not location:
+            raise self._refused(f"start of a blob upload to {repo}", resp)
+        return location
+
+    def _cancel_upload(self, location: str | None) -> None:
+        # Best effort: an upload session we cannot cancel is only disk the purger reclaims.
+        if location:
+            with contextlib.suppress(RegistryError):
+                self._request("DELETE", _location_path(location))
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            if self._ssl is not None:
+                self._conn = http.client.HTTPSConnection(self.address, timeout=self.timeout,
+                                                         context=self._ssl)
+            else:
+                self._conn = http.client.HTTPConnection(self.address, timeout=self.timeout)
+        return self._conn
+
+    def _request(self, method: str, path: str, *, body: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> Response:
+        """One request with a bytes body; any HTTP status is returned, not raised."""
+        hdrs = {"User-Agent": "outpost-gateway", **(headers or {})}
+        for attempt in (0, 1):
+            conn = self._connection()
+            # http.client reopens a closed socket by itself; only a connection that served an
+            # earlier request can have been closed by the registry while idle (keep-alive).
+            reused = conn.sock is not None
+            try:
+                conn.request(method, path, body=body, headers=hdrs)
+                return self._read(conn.getresponse())
+            except (ConnectionError, http.client.BadStatusLine) as e:
+                self.close()
+                if attempt == 0 and reused:
+                    continue
+                raise self._unreachable(e) from e
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                raise self._unreachable(e) from e
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _send_stream(self, method: str, path: str, source: BinaryIO, size: int,
+                     progress: Progress | None) -> Response:
+        conn = self._connection()
+        try:
+            conn.putrequest(method, path, skip_accept_encoding=True)
+            conn.putheader("User-Agent", "outpost-gateway")
+            conn.putheader("Content-Type", "application/octet-stream")
+            conn.putheader("Content-Length", str(size))
+            conn.endheaders()
+            sent = 0
+            while sent < size:
+                chunk = source.read(min(CHUNK, size - sent))
+                if not chunk:
+                    # The registry is still waiting for the rest: this connection is done.
+                    self.close()
+                    raise RegistryError(f"blob source ended after {sent} of {size} bytes; "
+                                        "nothing was stored")
+                try:
+                    conn.send(chunk)
+                except OSError:
+                    # The registry may have answered early (and closed): its answer says more
+                    # than our broken pipe does, so read it below.
+                    break
+                sent += len(chunk)
+                if progress is not None:
+                    progress(sent)
+            return self._read(conn.getresponse())
+        except (OSError, http.client.HTTPException) as e:
+            self.close()
+            raise _Disconnected(e) from e
+
+    def _read(self, resp: http.client.HTTPResponse) -> Response:
+        body = resp.read(MAX_RESPONSE + 1)
+        if len(body) > MAX_RESPONSE:
+            self.close()
+            raise RegistryError(f"registry at {self.url} answered more than "
+                                f"{MAX_RESPONSE >> 20} MiB where a small JSON was expected")
+        if resp.will_close:
+            self.close()
+        return Response(resp.status, resp.msg, body)
+
+    def _unreachable(self, err: OSError | http.client.HTTPException) -> RegistryError:
+        if isinstance(err, ssl.SSLError):
+            return RegistryError(f"TLS with registry at {self.url} failed ({_reason(err)}): "
+                                 "check its certificate and the CA file")
+        if isinstance(err, TimeoutError):
+            return RegistryError(f"registry at {self.url} did not answer within "
+                                 f"{self.timeout:g}s: is it overloaded or stuck?")
+        return RegistryError(f"registry at {self.url} does not answer ({_reason(err)}): "
+                             f"{START_HINT}")
+
+    def _refused(self, what: str, resp: Response) -> RegistryError:
+        codes, text = _error_details(resp.body)
+        detail = f": {text}" if text else ""
+        return RegistryError(f"registry at {self.url} refused {what}: HTTP {resp.status}"
+                             f"{detail}", status=resp.status, codes=codes)
+
+
+def _location_path(location: str) -> str:
+    """Path and query of a Location/Link URL.
+
+    distribution builds absolute Locations from the Host header we sent, so they name the
+    registry we already talk to; we keep our own connection (and the address the operator
+    configured) instead of following the host it spells.
+    """
+    split = urlsplit(location)
+    return f"{split.path}?{split.query}" if split.query else split.path

@@ -1,0 +1,122 @@
+"""Earth's side: images from its Docker daemon (`docker save` through the SDK), streamed.
+
+`docker save` names layers by legacy ids or blob paths, not diff_ids, so each file in the
+stream is hashed while it is spooled to a temporary file; the ones the outpost lacks then
+go into the bundle, each in its own zstd frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+import docker
+import docker.errors
+
+from ..codec import PartWriter
+from ..errors import ConfigError, DockerError
+from ..release.manifest import ImageFacts
+from .parts import ImagePayload, Part
+
+SAVE_CHUNK = 1024 * 1024
+
+
+def docker_client(base_url: str | None = None) -> Any:
+    try:
+        client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        raise DockerError(f"no Docker daemon answers ({e}); start one (scripts/services "
+                          "start) or set DOCKER_HOST") from None
+    return client
+
+
+def image_facts(client: Any, ref: str) -> ImageFacts:
+    try:
+        attrs = client.api.inspect_image(ref)
+    except docker.errors.ImageNotFound:
+        raise ConfigError(f"image {ref} is not in Earth's Docker daemon; build or tag it, "
+                          "then publish again") from None
+    except docker.errors.APIError as e:
+        raise DockerError(f"docker inspect {ref}: {e}") from None
+    return ImageFacts(ref=ref, image_id=attrs["Id"], diff_ids=list(attrs["RootFS"]["Layers"]))
+
+
+class ChunkReader:
+    """A read()-able view of an iterator of byte chunks (the SDK's `docker save` stream)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._it: Iterator[bytes] = iter(chunks)
+        self._chunk = b""
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        out = bytearray()
+        while n < 0 or len(out) < n:
+            if self._pos >= len(self._chunk):
+                chunk = next(self._it, None)
+                if chunk is None:
+                    break
+                self._chunk, self._pos = chunk, 0
+            want = len(self._chunk) - self._pos if n < 0 else n - len(out)
+            out += self._chunk[self._pos:self._pos + want]
+            self._pos += want
+        return bytes(out)
+
+
+def spool_save(client: Any, facts: ImageFacts, wanted: set[str], into: Path) -> dict[str, Path]:
+    """Stream `docker save` of the image; keep the config and the `wanted` layers as files
+    named by digest in `into`. Returns digest -> path for what was kept."""
+    try:
+        stream = client.api.get_image(facts.image_id, chunk_size=SAVE_CHUNK)
+        kept: dict[str, Path] = {}
+        reader = cast(BinaryIO, ChunkReader(stream))
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            for member in tar:
+                if member.isfile():
+                    _spool_member(tar, member, {facts.image_id, *wanted}, into, kept)
+    except docker.errors.APIError as e:
+        raise DockerError(f"docker save {facts.ref}: {e}") from None
+    missing = {facts.image_id, *wanted} - set(kept)
+    if missing:
+        raise DockerError(f"docker save of {facts.ref} lacks {sorted(missing)[:2]}")
+    return kept
+
+
+def _spool_member(tar: tarfile.TarFile, member: tarfile.TarInfo, wanted: set[str], into: Path,
+                  kept: dict[str, Path]) -> None:
+    src = tar.extractfile(member)
+    if src is None:
+        return
+    sha = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=into, delete=False) as tmp:
+        while block := src.read(SAVE_CHUNK):
+            sha.update(block)
+            tmp.write(block)
+    digest = "sha256:" + sha.hexdigest()
+    if digest in wanted and digest not in kept:
+        target = into / digest.replace(":", "-")
+        shutil.move(tmp.name, target)
+        kept[digest] = target
+    else:
+        Path(tmp.name).unlink()
+
+
+def write_image(client: Any, facts: ImageFacts, held: set[str], w: PartWriter,
+                scratch: Path) -> ImagePayload:
+    """Write the config and the layers not in `held` into the payload, a frame each."""
+    wanted = [d for d in dict.fromkeys(facts.diff_ids) if d not in held]
+    with tempfile.TemporaryDirectory(dir=scratch) as tmpdir:
+        files = spool_save(client, facts, set(wanted), Path(tmpdir))
+        parts = [Part(facts.image_id, files[facts.image_id].stat().st_size)]
+        parts += [Part(d, files[d].stat().st_size) for d in wanted]
+        for part in parts:
+            with open(files[part.digest], "rb") as f:
+                w.copy_from(f)
+            w.end_frame()
+    return ImagePayload(facts=facts, config_size=parts[0].size, layers=parts[1:])

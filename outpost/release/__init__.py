@@ -1,0 +1,1 @@
+"""Releases: outpost.toml, the config repo and its mirror, and the release manifest."""

@@ -1,0 +1,156 @@
+"""`outpost.toml`, the release description at the root of the config repo (docs/releases.md).
+
+Pure: text in, a validated ReleaseConfig out, or a ConfigError naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from ..units import parse_duration
+
+APPLIERS = ("docker", "command")
+NETWORKS = ("host", "none")
+_REF = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+                  r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?\Z")
+_SERVICE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
+
+
+@dataclass(frozen=True)
+class Health:
+    command: list[str]
+    interval: float = 2.0
+    retries: int = 15
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    image: str
+    command: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    network: str = "host"
+    ports: list[str] = field(default_factory=list)
+    health: Health | None = None
+
+
+@dataclass(frozen=True)
+class Apply:
+    applier: str = "docker"
+    command: list[str] = field(default_factory=list)
+    workdir: str = "."
+    timeout: float = 600.0
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    images: list[str]
+    apply: Apply
+    services: list[Service]
+
+
+def parse_release_config(text: str, source: str = "outpost.toml") -> ReleaseConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    ctx = _Ctx(source)
+    images = [ctx.ref(i, f"images[{n}]") for n, i in enumerate(ctx.tables(data, "images"))]
+    if len(set(images)) != len(images):
+        raise ConfigError(f"{source}: an image is listed twice in [[images]]")
+    apply = ctx.apply(data.get("apply", {}))
+    services = [ctx.service(s, n) for n, s in enumerate(ctx.tables(data, "services"))]
+    _check_services(source, images, apply, services)
+    return ReleaseConfig(images=images, apply=apply, services=services)
+
+
+def _check_services(source: str, images: list[str], apply: Apply,
+                    services: list[Service]) -> None:
+    names = [s.name for s in services]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: two [[services]] share a name")
+    for s in services:
+        if s.image not in images:
+            raise ConfigError(f"{source}: service {s.name!r} runs {s.image!r}, which is not "
+                              "in [[images]]; add it there so it crosses with the release")
+    if apply.applier == "docker" and not services:
+        raise ConfigError(f"{source}: the docker applier needs at least one [[services]]")
+    if apply.applier == "command" and not apply.command:
+        raise ConfigError(f"{source}: [apply] applier = \"command\" needs command = [...]")
+
+
+class _Ctx:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, what: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {where}: {what}")
+
+    def tables(self, data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.fail(key, f"must be an array of tables ([[{key}]])")
+        return value
+
+    def ref(self, table: dict[str, Any], where: str) -> str:
+        ref = table.get("ref")
+        if not isinstance(ref, str) or not _REF.match(ref):
+            raise self.fail(where, f"ref must be an image name like 'app/web:1.0' (got {ref!r})")
+        return ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
+
+    def strings(self, value: Any, where: str) -> list[str]:
+        if isinstance(value, str):
+            return value.split()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(where, "must be a list of strings")
+        return value
+
+    def env(self, value: Any, where: str) -> dict[str, str]:
+        if not isinstance(value, dict):
+            raise self.fail(where, "must be a table of NAME = \"value\"")
+        return {str(k): str(v) for k, v in value.items()}
+
+    def apply(self, t: Any) -> Apply:
+        if not isinstance(t, dict):
+            raise self.fail("apply", "must be a table")
+        applier = t.get("applier", "docker")
+        if applier not in APPLIERS:
+            raise self.fail("apply.applier", f"must be one of {', '.join(APPLIERS)}")
+        return Apply(applier=applier,
+                     command=self.strings(t.get("command", []), "apply.command"),
+                     workdir=str(t.get("workdir", ".")),
+                     timeout=parse_duration(t.get("timeout", "10m")),
+                     env=self.env(t.get("env", {}), "apply.env"))
+
+    def service(self, t: dict[str, Any], n: int) -> Service:
+        where = f"services[{n}]"
+        name = t.get("name")
+        if not isinstance(name, str) or not _SERVICE.match(name):
+            raise self.fail(where, f"name must be plain (got {name!r})")
+        image = self.ref({"ref": t.get("image")}, f"{where}.image")
+        network = t.get("network", "host")
+        if network not in NETWORKS:
+            raise self.fail(where, f"network must be one of {', '.join(NETWORKS)}")
+        command = t.get("command")
+        return Service(
+            name=name, image=image,
+            command=None if command is None else self.strings(command, f"{where}.command"),
+            env=self.env(t.get("env", {}), f"{where}.env"), network=network,
+            ports=self.strings(t.get("ports", []), f"{where}.ports"),
+            health=self.health(t.get("health"), where))
+
+    def health(self, t: Any, where: str) -> Health | None:
+        if t is None:
+            return None
+        if not isinstance(t, dict):
+            raise self.fail(f"{where}.health", "must be a table")
+        return Health(command=self.strings(t.get("command", []), f"{where}.health.command"),
+                      interval=parse_duration(t.get("interval", "2s")),
+                      retries=int(t.get("retries", 15)),
+                      timeout=parse_duration(t.get("timeout", "10s")))

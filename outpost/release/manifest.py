@@ -1,0 +1,61 @@
+"""The release manifest that crosses the link: a config commit and the images it needs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import MalformedBundle
+
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+COMMIT = re.compile(r"^[0-9a-f]{40}\Z")
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """An image's identity: its ID (config digest) and its layers' diff_ids, bottom first."""
+
+    ref: str
+    image_id: str
+    diff_ids: list[str]
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"ref": self.ref, "image_id": self.image_id, "diff_ids": self.diff_ids}
+
+    @classmethod
+    def from_meta(cls, d: Any) -> ImageFacts:
+        if not isinstance(d, dict):
+            raise MalformedBundle("image facts must be a map", reason="bad-release")
+        ref, image_id, diff_ids = d.get("ref"), d.get("image_id"), d.get("diff_ids")
+        if not isinstance(ref, str) or not isinstance(image_id, str) or not DIGEST.match(
+                image_id):
+            raise MalformedBundle("image facts need a ref and a sha256 image_id",
+                                  reason="bad-release")
+        if not isinstance(diff_ids, list) or not all(
+                isinstance(x, str) and DIGEST.match(x) for x in diff_ids):
+            raise MalformedBundle("diff_ids must be sha256 digests", reason="bad-release")
+        return cls(ref=ref, image_id=image_id, diff_ids=list(diff_ids))
+
+
+@dataclass(frozen=True)
+class Release:
+    commit: str
+    images: list[ImageFacts]
+
+    @property
+    def id(self) -> str:
+        return self.commit[:12]
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"commit": self.commit, "images": [i.to_meta() for i in self.images]}
+
+    @classmethod
+    def from_meta(cls, d: Any) -> Release:
+        if not isinstance(d, dict) or not isinstance(d.get("commit"), str) or not COMMIT.match(
+                d["commit"]):
+            raise MalformedBundle("release needs a 40-hex commit", reason="bad-release")
+        images = d.get("images")
+        if not isinstance(images, list):
+            raise MalformedBundle("release images must be a list", reason="bad-release")
+        return cls(commit=d["commit"], images=[ImageFacts.from_meta(i) for i in images])

@@ -1,0 +1,116 @@
+"""Release bookkeeping in the node's SQLite state.
+
+Earth: `holdings` (what each outpost holds or will hold: its config commit, layers and
+images, from acks of our bundles and from its own sync reports) and `reports`.
+Outpost: `held_layers` / `held_images` (what the gateway put in the registry) and
+`releases` (each release received and how far it got).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .state import State
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS holdings (
+    peer TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (peer, kind, value));
+CREATE TABLE IF NOT EXISTS reports (
+    peer TEXT NOT NULL, at REAL NOT NULL, event TEXT NOT NULL, release TEXT,
+    detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS held_layers (
+    digest TEXT PRIMARY KEY, repo TEXT NOT NULL, size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS held_images (
+    image_id TEXT NOT NULL, ref TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (image_id, ref));
+CREATE TABLE IF NOT EXISTS releases (
+    commit_id TEXT PRIMARY KEY, meta TEXT NOT NULL, received REAL NOT NULL,
+    state TEXT NOT NULL, note TEXT NOT NULL DEFAULT '');
+"""
+
+COMMIT, LAYER, IMAGE = "commit", "layer", "image"
+
+
+class ReleaseStore:
+    def __init__(self, state: State) -> None:
+        self.state = state
+        state.db.executescript(SCHEMA)
+
+    # Earth: what each outpost holds
+    def holding(self, peer: str, kind: str) -> set[str]:
+        rows = self.state.q("SELECT value FROM holdings WHERE peer = ? AND kind = ?", peer, kind)
+        return {r["value"] for r in rows}
+
+    def commit_of(self, peer: str) -> str | None:
+        values = self.holding(peer, COMMIT)
+        return next(iter(values)) if values else None
+
+    def hold(self, peer: str, kind: str, values: list[str], now: float) -> None:
+        with self.state.tx() as db:
+            if kind == COMMIT:
+                db.execute("DELETE FROM holdings WHERE peer = ? AND kind = ?", (peer, kind))
+            db.executemany("INSERT OR REPLACE INTO holdings VALUES (?,?,?,?)",
+                           [(peer, kind, v, now) for v in values])
+
+    def replace_holdings(self, peer: str, commit: str | None, layers: list[str],
+                         images: list[str], now: float) -> None:
+        """The outpost's own report is the truth: forget what we assumed."""
+        with self.state.tx() as db:
+            db.execute("DELETE FROM holdings WHERE peer = ?", (peer,))
+            rows = [(peer, LAYER, d, now) for d in layers] + [
+                (peer, IMAGE, i, now) for i in images]
+            if commit:
+                rows.append((peer, COMMIT, commit, now))
+            db.executemany("INSERT OR REPLACE INTO holdings VALUES (?,?,?,?)", rows)
+
+    def add_report(self, peer: str, event: str, release: str | None, detail: dict[str, Any],
+                   now: float) -> None:
+        with self.state.tx() as db:
+            db.execute("INSERT INTO reports VALUES (?,?,?,?,?)",
+                       (peer, now, event, release, json.dumps(detail)))
+
+    def reports(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self.state.q("SELECT * FROM reports ORDER BY at DESC LIMIT ?", limit)
+        return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
+
+    def refused(self, peer: str, release: str) -> bool:
+        return bool(self.state.q(
+            "SELECT 1 FROM reports WHERE peer = ? AND release = ? AND event = 'release-refused'",
+            peer, release))
+
+    # Outpost: what the registry holds
+    def held_layer(self, digest: str) -> tuple[str, int] | None:
+        rows = self.state.q("SELECT repo, size FROM held_layers WHERE digest = ?", digest)
+        return (rows[0]["repo"], int(rows[0]["size"])) if rows else None
+
+    def add_layers(self, repo: str, sizes: dict[str, int]) -> None:
+        with self.state.tx() as db:
+            db.executemany("INSERT OR IGNORE INTO held_layers VALUES (?,?,?)",
+                           [(d, repo, s) for d, s in sizes.items()])
+
+    def forget_layer(self, digest: str) -> None:
+        with self.state.tx() as db:
+            db.execute("DELETE FROM held_layers WHERE digest = ?", (digest,))
+
+    def layers(self) -> list[str]:
+        return [r["digest"] for r in self.state.q("SELECT digest FROM held_layers")]
+
+    def add_image(self, image_id: str, ref: str, now: float) -> None:
+        with self.state.tx() as db:
+            db.execute("INSERT OR REPLACE INTO held_images VALUES (?,?,?)", (image_id, ref, now))
+
+    def images(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.state.q("SELECT * FROM held_images ORDER BY at")]
+
+    # Outpost: releases received
+    def set_release(self, commit: str, meta: dict[str, Any], state: str, note: str,
+                    now: float) -> None:
+        with self.state.tx() as db:
+            db.execute("INSERT INTO releases VALUES (?,?,?,?,?) ON CONFLICT (commit_id) DO "
+                       "UPDATE SET state = excluded.state, note = excluded.note",
+                       (commit, json.dumps(meta), now, state, note))
+
+    def releases(self) -> list[dict[str, Any]]:
+        rows = self.state.q("SELECT * FROM releases ORDER BY received")
+        return [{**dict(r), "meta": json.loads(r["meta"])} for r in rows]
