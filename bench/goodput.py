@@ -365,17 +365,18 @@ def table(report: dict[str, Any]) -> str:
             f"{'busy':>6} {'srtt':>6}")
     out += [head, "-" * len(head)]
     for r in report["rows"]:
-        def f(key: str, fmt: str, row: dict[str, Any] = r) -> str:
+        def f(key: str, fmt: str, unit: str = "", row: dict[str, Any] = r) -> str:
             v = row.get(key)
             width = int(re.match(r"\d*", fmt).group() or 0)  # type: ignore[union-attr]
-            return "-".rjust(width) if v is None else format(v, fmt)
+            return ("-" + " " * len(unit)).rjust(width + len(unit)) if v is None \
+                else format(v, fmt) + unit
         verdict = "-" if r["target"] is None else ("yes" if r["pass"] else "NO")
         if r.get("error"):
             verdict = "FAIL"
         out.append(
-            f"{r['loss']:>5g} {f('elapsed_s', '7.1f')}s {r['ideal_s']:>6.1f}s "
+            f"{r['loss']:>5g} {f('elapsed_s', '7.1f', 's')} {r['ideal_s']:>6.1f}s "
             f"{f('ratio', '6.3f')} {f('target', '7.2f')} {verdict:>5} "
-            f"{f('custody_released_s', '7.1f')}s "
+            f"{f('custody_released_s', '7.1f', 's')} "
             f"{(r['offered_bytes'] / MiB if 'offered_bytes' in r else 0):>9.1f} "
             f"{f('overhead', '8.3f')} {r['retransmissions']:>7} {f('dropped_count', '5d')} "
             f"{f('link_utilisation', '6.0%')} "
@@ -438,17 +439,20 @@ def main() -> None:
         root = Path(tempfile.mkdtemp(prefix=f"outpost-goodput-{loss:g}-", dir="/tmp"))
         try:
             row = measure(loss, args, settings, root)
-        finally:
-            if not args.keep:
-                shutil.rmtree(root, ignore_errors=True)
-        if args.keep:
+        except BaseException:
+            print(f"loss {loss:g}: interrupted; left {root} for inspection", file=sys.stderr)
+            raise
+        keep = args.keep or row["error"] is not None  # a failed run is kept to be looked at
+        if keep:
             row["dir"] = str(root)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
         rows.append(row)
         if not args.json:
             print(f"loss {loss:g}: "
                   + (f"{row['elapsed_s']:.1f}s, ratio {row['ratio']:.3f}"
                      if "elapsed_s" in row else f"FAILED: {row['error']}")
-                  + (f" (kept in {root})" if args.keep else ""), file=sys.stderr)
+                  + (f" (kept in {root})" if keep else ""), file=sys.stderr)
 
     report: dict[str, Any] = {
         "benchmark": "goodput",

@@ -27,6 +27,8 @@ sqlite3, OSError) are translated into this tree where they are caught, at the ed
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class OutpostError(Exception):
     """Base of every error Outpost raises on purpose."""
@@ -103,3 +105,17 @@ class GitError(LocalError):
 
 class DockerError(LocalError):
     """The Docker daemon is not reachable or refused a request."""
+
+
+class RegistryError(LocalError):
+    """The outpost registry cannot be reached, or it refused a request (with its reason).
+
+    `status` is the HTTP status when the registry answered, `codes` the error codes of its
+    error JSON (e.g. DIGEST_INVALID, BLOB_UNKNOWN, MANIFEST_BLOB_UNKNOWN).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 codes: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.codes = tuple(codes)

@@ -39,13 +39,18 @@ class Settings:
     ack_delay: float = 0.2
     ack_batch: int = 256
     min_rto: float = 0.5
-    max_rto: float = 6 * 3600.0
+    max_rto: float = 0.0  # 0: 16 round trips, at least a minute
     backoff: float = 2.0
     rescan: float = 2.0
     zstd_level: int = 3
     max_bundle: int = 64 * 1024**3
     max_header: int = 64 * 1024
     quarantine_max: int = 1024**3
+
+    @property
+    def rto_cap(self) -> float:
+        """The longest wait for an ack before resending (a dead peer's retries end here)."""
+        return self.max_rto or max(60.0, 16 * self.rtt)
 
     @classmethod
     def from_table(cls, table: dict[str, Any]) -> Settings:
@@ -170,14 +175,13 @@ def read_pubkey_file(path: Path) -> tuple[str, bytes]:
     return parts[2], key
 
 
-def write_node_toml(path: Path, name: str, role: str, delivery: dict[str, str]) -> None:
+def write_node_toml(path: Path, name: str, role: str,
+                    tables: dict[str, dict[str, str]]) -> None:
     lines = [
         "# Outpost node configuration (docs/configuration.md)",
         f'name = "{name}"',
         f'role = "{role}"',
-        "",
-        "[delivery]",
-        *(f'{k} = "{v}"' for k, v in delivery.items()),
-        "",
     ]
-    atomic_write_bytes(node_toml(path), "\n".join(lines).encode())
+    for table, values in tables.items():
+        lines += ["", f"[{table}]", *(f'{k} = "{v}"' for k, v in values.items())]
+    atomic_write_bytes(node_toml(path), ("\n".join(lines) + "\n").encode())

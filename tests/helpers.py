@@ -39,6 +39,8 @@ def make_pair(root: Path, **delivery: str) -> tuple[Home, Home]:
     settings = {"rtt": "1s", "ack_delay": "0s", **delivery}
     a = init_home(root / "earth", "earth", "earth", settings)
     b = init_home(root / "mars", "outpost", "mars", settings)
+    with open(b.path / "node.toml", "a") as f:  # the bus alone: no release sync to Earth
+        f.write('\n[outpost]\nsync_on_start = false\nsync_interval = "0s"\n')
     trust_peer(a, b.path)
     trust_peer(b, a.path)
     return load_home(a.path), load_home(b.path)

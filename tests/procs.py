@@ -20,12 +20,14 @@ def tool(name: str) -> str:
     return str(BIN / name)
 
 
-def start_node(home: Path, role: str, *, verbose: bool = False) -> subprocess.Popen[bytes]:
+def start_node(home: Path, role: str, *, verbose: bool = False,
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     args = [tool("outpost-node"), "start", "--role", role, "--home", str(home)]
     if verbose:
         args.append("-v")
     log = open(home / "stderr.log", "ab")  # noqa: SIM115 - the child owns it
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
 
 
 def start_link(a: Path, b: Path, state: Path, *flags: str) -> subprocess.Popen[bytes]:
@@ -62,10 +64,12 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str,
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def cli(*args: str) -> Any:
+def cli(*args: str, env: dict[str, str] | None = None) -> Any:
     """Run `outpost-node ARGS --json` and parse its output."""
-    out = subprocess.run([tool("outpost-node"), *args, "--json"], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run([tool("outpost-node"), *args, "--json"], capture_output=True,
+                         text=True, env={**os.environ, **(env or {})})
+    if out.returncode != 0:
+        raise AssertionError(f"outpost-node {' '.join(args)} failed: {out.stderr}")
     return json.loads(out.stdout)
 
 

@@ -156,9 +156,12 @@ def test_ping_closed_port_says_what_to_do() -> None:
 
 
 def test_ping_something_that_is_not_a_registry() -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             http.server.BaseHTTPRequestHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         with Registry(f"127.0.0.1:{server.server_address[1]}", timeout=5) as r, \
@@ -276,6 +279,34 @@ def test_connection_is_reused_and_reopened_once_when_dropped(reg: Registry) -> N
     repo = unique_repo()
     digest = push_bytes(reg, repo, b"after a dropped connection")
     assert reg.has_blob(repo, digest)
+
+
+class DropsConnectionOnce(io.BytesIO):
+    """A source that cuts the client's connection after its first chunk, once."""
+
+    def __init__(self, data: bytes, reg: Registry) -> None:
+        super().__init__(data)
+        self.reg, self.dropped = reg, False
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        chunk = super().read(size)
+        if not self.dropped and self.tell() > 0:
+            self.dropped = True
+            conn = self.reg._conn
+            assert conn is not None and conn.sock is not None
+            conn.sock.shutdown(socket.SHUT_RDWR)
+        return chunk
+
+
+def test_upload_broken_midway_is_retried_from_the_start(reg: Registry) -> None:
+    repo = unique_repo()
+    data = os.urandom(5 * 1024 * 1024)
+    source = DropsConnectionOnce(data, reg)
+    seen: list[int] = []
+    assert reg.push_blob(repo, sha256_digest(data), source, len(data), progress=seen.append)
+    # Without the retry the cut would have raised; the second session was committed.
+    assert source.dropped and seen[-1] == len(data)
+    assert reg.blob_size(repo, sha256_digest(data)) == len(data)
 
 
 # -- manifests and images -------------------------------------------------------------------

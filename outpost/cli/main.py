@@ -16,10 +16,12 @@ from ..node.context import open_node
 from ..node.daemon import Daemon
 from ..node.sender import Sender
 from ..node.setup import init_home, trust_peer
+from ..roles import make_role
 from ..store.spool import bundle_files, read_reason
 from ..units import parse_duration
 from .bundles import bundles
 from .output import age, emit_json, setup_logging, size, table
+from .releases import print_release_status, release_commands, release_status
 
 HOME = click.option("--home", required=True, type=click.Path(path_type=Path),
                     help="The node's home directory.")
@@ -33,6 +35,8 @@ def cli() -> None:
 
 
 cli.add_command(bundles)
+for _command in release_commands:
+    cli.add_command(_command)
 
 
 @cli.command()
@@ -41,9 +45,13 @@ cli.add_command(bundles)
 @click.option("--name", help="Node name (default: the role).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="A [delivery] setting for node.toml, e.g. rtt=2s (repeatable).")
-def init(role: str, home: Path, name: str | None, settings: tuple[str, ...]) -> None:
-    """Create a node home: keys, folders, state."""
-    h = init_home(home, role, name, _pairs(settings))
+@click.option("--template", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Earth: seed the config repo from this folder (default: the example).")
+@click.option("--registry", metavar="HOST:PORT", help="Outpost: the registry to import into.")
+def init(role: str, home: Path, name: str | None, settings: tuple[str, ...],
+         template: Path | None, registry: str | None) -> None:
+    """Create a node home: keys, folders, state (and Earth's config repo)."""
+    h = init_home(home, role, name, _pairs(settings), template=template, registry=registry)
     click.echo(f"{h.role} node {h.name!r} at {h.path}; public key {h.pub_file}")
 
 
@@ -74,15 +82,21 @@ def trust(home: Path, peer: Path) -> None:
               help="Also trust this peer home or key file (repeatable).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="[delivery] setting for a home created now.")
+@click.option("--registry", metavar="HOST:PORT",
+              help="Outpost: the registry the gateway imports images into.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every bundle.")
 def start(role: str, home: Path, name: str | None, peers: tuple[Path, ...],
-          settings: tuple[str, ...], verbose: bool) -> None:
+          settings: tuple[str, ...], registry: str | None, verbose: bool) -> None:
     """Run the node in the foreground until SIGINT or SIGTERM."""
-    h = init_home(home, role, name, _pairs(settings))
+    h = init_home(home, role, name, _pairs(settings), registry=registry)
+    if h.role != role:
+        raise ConfigError(f"{h.path} is a {h.role} home, not {role}")
     for p in peers:
         trust_peer(h, p)
     setup_logging(h.name, h.path / "node.log", verbose)
-    Daemon(open_node(h)).run()
+    daemon = Daemon(open_node(h))
+    daemon.attach(make_role(daemon.node, daemon.sender, registry))
+    daemon.run()
 
 
 @cli.command()
@@ -144,7 +158,7 @@ def status_info(home: Any) -> dict[str, Any]:
             "sending": sending, "reassembling": reasm,
             "inbox_files": len(bundle_files(home.inbox)),
             "delivered_seen": len(st.q("SELECT id FROM seen")),
-            "quarantine": quarantined}
+            "quarantine": quarantined, **release_status(node)}
     st.close()
     return info
 
@@ -166,6 +180,7 @@ def _print_status(info: dict[str, Any]) -> None:
                f"{info['delivered_seen']}; quarantined: {len(info['quarantine'])}")
     for q in info["quarantine"][-5:]:
         click.echo(f"  {q['file']}: {q['reason']}: {q['error']}")
+    print_release_status(info)
 
 
 def main() -> None:

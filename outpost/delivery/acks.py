@@ -11,17 +11,20 @@ class AckBatcher:
 
     A batch is due `delay` seconds after its first id arrived, or at once when it holds
     `batch` ids, so a burst of fragments costs one ack and a lone message waits little.
+    Each id is acked twice (`echo`): once in its own batch and again in the next one, so
+    losing one ack bundle, which names hundreds of bundles, does not make the sender
+    resend them all.
     """
 
     delay: float
     batch: int
-    _pending: dict[str, list[str]] = field(default_factory=dict)
+    echo: bool = True
+    _pending: dict[str, dict[str, bool]] = field(default_factory=dict)  # id -> is an echo
     _since: dict[str, float] = field(default_factory=dict)
 
-    def add(self, peer: str, bundle_id: str, now: float) -> None:
-        ids = self._pending.setdefault(peer, [])
-        if bundle_id not in ids:
-            ids.append(bundle_id)
+    def add(self, peer: str, bundle_id: str, now: float, *, is_echo: bool = False) -> None:
+        ids = self._pending.setdefault(peer, {})
+        ids[bundle_id] = ids.get(bundle_id, True) and is_echo
         self._since.setdefault(peer, now)
 
     def due(self, now: float) -> list[tuple[str, list[str]]]:
@@ -31,10 +34,14 @@ class AckBatcher:
             ids = self._pending[peer]
             if len(ids) < self.batch and now < self._since[peer] + self.delay:
                 continue
-            while ids:
-                out.append((peer, ids[: self.batch]))
-                del ids[: self.batch]
             del self._pending[peer], self._since[peer]
+            items = list(ids.items())
+            for i in range(0, len(items), self.batch):
+                out.append((peer, [bundle_id for bundle_id, _ in items[i:i + self.batch]]))
+            if self.echo:
+                for bundle_id, was_echo in items:
+                    if not was_echo:
+                        self.add(peer, bundle_id, now, is_echo=True)
         return out
 
     def next_due(self) -> float | None:

@@ -29,7 +29,7 @@ from email.message import Message
 from typing import BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
-from outpost.errors import LocalError
+from ..errors import RegistryError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -53,20 +53,6 @@ _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _LINK_NEXT_RE = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
 Progress = Callable[[int], None]
-
-
-class RegistryError(LocalError):
-    """The outpost registry cannot be reached, or it refused a request (with its reason).
-
-    `status` is the HTTP status when the registry answered, `codes` the error codes of its
-    error JSON (e.g. DIGEST_INVALID, BLOB_UNKNOWN, MANIFEST_BLOB_UNKNOWN).
-    """
-
-    def __init__(self, message: str, *, status: int | None = None,
-                 codes: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.codes = tuple(codes)
 
 
 class _Disconnected(Exception):
@@ -287,6 +273,9 @@ class Registry:
                 resp = self._send_stream("PATCH", _location_path(location), source, size,
                                          progress)
             except _Disconnected as e:
+                # Cancelling works only if no bytes reached the registry (its upload state
+                # must match); otherwise the purger reclaims the partial upload.
+                self._cancel_upload(location)
                 if attempt == 0 and start is not None:
                     source.seek(start)
                     continue

@@ -11,14 +11,17 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from ..codec import Header
 from ..delivery import AckBatcher
-from ..errors import LocalError
+from ..errors import BundleError, LocalError
 from ..fsutil import is_transient_name
 from ..store.spool import bundle_files, prune_quarantine
+from ..store.state import Message
 from .context import Node, log
 from .handlers import Handler, default_handlers
 from .receiver import Receiver
@@ -27,6 +30,7 @@ from .sender import Sender
 BUSY_TICK = 0.1
 HOUSEKEEPING = 60.0
 KEEP_FINISHED = 7 * 86400.0
+RETRY_LOCAL = 30.0
 
 
 class _Hints(FileSystemEventHandler):
@@ -52,6 +56,16 @@ class _Hints(FileSystemEventHandler):
                 self.hints.put(("inbox", str(path)))
 
 
+class Hooks(Protocol):
+    """What a role (Earth, outpost) adds to the bus; see outpost/roles."""
+
+    def handlers(self) -> dict[str, Handler]: ...
+    def on_start(self) -> None: ...
+    def tick(self, now: float) -> None: ...
+    def on_delivered(self, msg: Message) -> None: ...
+    def on_refused(self, header: Header, error: BundleError) -> None: ...
+
+
 class Daemon:
     def __init__(self, node: Node, handlers: dict[str, Handler] | None = None) -> None:
         s = node.home.settings
@@ -59,10 +73,19 @@ class Daemon:
         self.sender = Sender(node)
         self.acks = AckBatcher(s.ack_delay, s.ack_batch)
         self.receiver = Receiver(node, self.sender, self.acks, handlers or default_handlers())
+        self.hooks: Hooks | None = None
         self.hints: queue.Queue[tuple[str, str]] = queue.Queue()
         self.stopping = threading.Event()
         self._next_rescan = 0.0
         self._next_housekeeping = 0.0
+        self._deferred: dict[str, float] = {}
+
+    def attach(self, hooks: Hooks) -> None:
+        """Give the bus a role: its message kinds, acknowledgement and refusal hooks, timer."""
+        self.hooks = hooks
+        self.receiver.handlers = hooks.handlers()
+        self.receiver.on_refused = hooks.on_refused
+        self.sender.on_delivered = hooks.on_delivered
 
     def stop(self, *_args: object) -> None:
         self.stopping.set()
@@ -82,9 +105,12 @@ class Daemon:
                  ", ".join(self.node.peers()) or "none yet")
         try:
             self.receiver.resume()
+            if self.hooks is not None:
+                self.hooks.on_start()
             while not self.stopping.is_set():
                 self.step()
         finally:
+            self.receiver.commit()
             self.flush_acks(force=True)
             observer.stop()
             observer.join(timeout=5)
@@ -109,6 +135,7 @@ class Daemon:
                     self._hint(*self.hints.get_nowait())
             except queue.Empty:
                 pass
+            self.receiver.commit()
             self.tick()
         except (OSError, LocalError) as e:
             log.exception("error in the node loop, retrying: %s", e)
@@ -127,7 +154,7 @@ class Daemon:
         if place == "inbox":
             path = Path(arg)
             if path.parent == self.node.home.inbox and path.exists():
-                self.receiver.handle(path)
+                self._handle(path)
         elif place == "outbox":
             self.sender.scan_taken(arg)
             self.sender.fill(arg)
@@ -139,6 +166,9 @@ class Daemon:
             self.sender.retry_due(peer)
             self.sender.fill(peer)
         self.sender.expire()
+        if self.hooks is not None:
+            self.hooks.tick(now)
+        self.receiver.commit()
         self.flush_acks()
         if now >= self._next_rescan:
             self.rescan()
@@ -157,11 +187,29 @@ class Daemon:
         for path in bundle_files(self.node.home.inbox):
             if self.stopping.is_set():
                 return
-            self.receiver.handle(path)
+            self._handle(path)
             self.flush_acks()
+        self.receiver.commit()
+        self.flush_acks()
+
+    def _handle(self, path: Path) -> None:
+        """Handle one inbox file; one that fails for a local reason (Docker or the registry
+        down, a full disk) waits and is tried again, without holding up the others."""
+        now = self.node.clock()
+        if self._deferred.get(path.name, 0.0) > now:
+            return
+        try:
+            self.receiver.handle(path)
+            self._deferred.pop(path.name, None)
+        except LocalError as e:
+            if path.name not in self._deferred:
+                log.error("cannot handle %s yet, will retry every %.0fs: %s", path.name,
+                          RETRY_LOCAL, e)
+            self._deferred[path.name] = now + RETRY_LOCAL
 
     def housekeeping(self) -> None:
         now, s = self.node.clock(), self.node.home.settings
+        self._deferred = {k: t for k, t in self._deferred.items() if t > now}
         self.receiver.expire_reassemblies()
         self.node.state.prune_seen(now - 86400.0)
         self.node.state.prune_messages(now - KEEP_FINISHED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ..codec import Header, open_verified, read_payload, validate_fragment
@@ -12,6 +13,7 @@ from ..errors import (
     ExpiredBundle,
     MalformedBundle,
     MisaddressedBundle,
+    RefusedContent,
     TruncatedBundle,
 )
 from ..store.spool import quarantine
@@ -20,12 +22,17 @@ from .handlers import Handler, Renames, ack_ids
 from .sender import Sender
 
 SETTLE = 2.0
+COMMIT_BATCH = 64
 
 
 class Receiver:
     def __init__(self, node: Node, sender: Sender, acks: AckBatcher,
-                 handlers: dict[str, Handler]) -> None:
+                 handlers: dict[str, Handler],
+                 on_refused: Callable[[Header, BundleError], None] | None = None) -> None:
         self.node, self.sender, self.acks, self.handlers = node, sender, acks, handlers
+        self.on_refused = on_refused
+        self._stored: list[tuple[Path, Header]] = []
+        self._stored_keys: set[tuple[str, int]] = set()
 
     def handle(self, path: Path) -> None:
         """Handle one file from the inbox; a bad one is quarantined, never raised."""
@@ -89,7 +96,16 @@ class Receiver:
             self._record(header, [])
             self.quarantine(path, err)
             return
-        renames = handler.prepare(self.node, header, path)
+        try:
+            renames = handler.prepare(self.node, header, path)
+        except RefusedContent as e:
+            # Intact but refused for good: remember and ack it (resending cannot help),
+            # keep it for a person, and let the role tell the sender.
+            self._record(header, [])
+            self.quarantine(path, e)
+            if self.on_refused is not None:
+                self.on_refused(header, e)
+            return
         self._record(header, renames)
         self.finish(header.id)
         log.info("delivered %s %s from %s (%d bytes)", header.kind, header.id, header.src,
@@ -112,15 +128,20 @@ class Receiver:
     def _fragment(self, path: Path, header: Header) -> None:
         frag = header.fragment
         assert frag is not None
-        if self.node.state.seen(frag.parent) is None:
-            self._store_fragment(path, header)
-        self.acks.add(header.src, header.id, self.node.clock())
-        path.unlink(missing_ok=True)
-        row = self.node.state.reasm(frag.parent)
-        if row is not None and row["received"] == row["count"]:
-            self.complete(frag.parent)
+        key = (frag.parent, frag.index)
+        if (self.node.state.seen(frag.parent) is not None or key in self._stored_keys
+                or self.node.state.has_part(*key)):
+            self.acks.add(header.src, header.id, self.node.clock())
+            path.unlink(missing_ok=True)
+            return
+        self._store_fragment(path, header)
+        self._stored.append((path, header))
+        self._stored_keys.add(key)
+        if len(self._stored) >= COMMIT_BATCH:
+            self.commit()
 
     def _store_fragment(self, path: Path, header: Header) -> None:
+        """Write the fragment into its place in the reassembly file (not yet durable)."""
         frag = header.fragment
         assert frag is not None
         row = self.node.state.reasm(frag.parent)
@@ -129,17 +150,37 @@ class Receiver:
             raise MalformedBundle("fragment disagrees with the others of its bundle",
                                   reason="fragment-mismatch")
         validate_fragment(frag, header.payload.length, self.node.limits)
-        if self.node.state.has_part(frag.parent, frag.index):
-            return
-        target = self.reasm_path(frag.parent)
-        fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.reasm_path(frag.parent), os.O_RDWR | os.O_CREAT, 0o600)
         with os.fdopen(fd, "r+b") as out:
             out.seek(frag.offset)
             read_payload(path, self.node.state.keyring(), self.node.limits, out.write)
-            out.flush()
-            os.fdatasync(out.fileno())
-        self.node.state.add_part(frag.parent, frag.index, header.src, header.kind, frag.total,
-                                 frag.count, header.expires, self.node.clock())
+
+    def commit(self) -> None:
+        """Make the fragments stored since the last commit durable in one go (group commit):
+        fsync their files, record them in one transaction, then ack them and drop their inbox
+        copies. A crash before this leaves the inbox files, which are simply handled again."""
+        if not self._stored:
+            return
+        batch, self._stored = self._stored, []
+        self._stored_keys.clear()
+        parents = {h.fragment.parent for _, h in batch if h.fragment}
+        for parent in parents:
+            fd = os.open(self.reasm_path(parent), os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        now = self.node.clock()
+        self.node.state.add_parts([
+            (h.fragment.parent, h.fragment.index, h.src, h.kind, h.fragment.total,
+             h.fragment.count, h.expires) for _, h in batch if h.fragment], now)
+        for path, h in batch:
+            self.acks.add(h.src, h.id, now)
+            path.unlink(missing_ok=True)
+        for parent in parents:
+            row = self.node.state.reasm(parent)
+            if row is not None and row["received"] == row["count"]:
+                self.complete(parent)
 
     def reasm_path(self, parent: str) -> Path:
         return self.node.home.spool / "reasm" / f"{parent}.opb"

@@ -135,11 +135,11 @@ class Sender:
         if not taken:
             return
         s = self.settings
-        rto = self.node.state.rtt(peer, s.rtt).rto(s.min_rto, s.max_rto)
+        rto = self.node.state.rtt(peer, s.rtt).rto(s.min_rto, s.rto_cap)
         alive = peer_alive(self.node.state.last_ack(peer), now, rto)
         self.node.state.set_units([
             (u.id, {"state": FLIGHT, "taken_at": now,
-                    "next_retry": now + retry_delay(rto, u.attempts, s.backoff, s.max_rto,
+                    "next_retry": now + retry_delay(rto, u.attempts, s.backoff, s.rto_cap,
                                                     self._serialisation(u.size), alive)})
             for u in taken])
 

@@ -19,12 +19,19 @@ from ..home import (
     valid_name,
     write_node_toml,
 )
+from ..release import git
+from ..release.template import template_sources
 from ..store.state import State
 
 
 def init_home(path: Path, role: str, name: str | None = None,
-              delivery: dict[str, str] | None = None) -> Home:
-    """Create a home (idempotent: an existing one is loaded and checked, never overwritten)."""
+              delivery: dict[str, str] | None = None, *, template: Path | None = None,
+              registry: str | None = None) -> Home:
+    """Create a home (idempotent: an existing one is loaded and checked, never overwritten).
+
+    An Earth home gets its config repo, seeded from `template` (default: the project's
+    example); an outpost home records its registry if one is given.
+    """
     path = Path(path).resolve()
     if is_home(path):
         home = load_home(path)
@@ -42,7 +49,13 @@ def init_home(path: Path, role: str, name: str | None = None,
     seed = os.urandom(32)
     atomic_write_bytes(path / "keys" / "node.key", (seed.hex() + "\n").encode(), mode=0o600)
     atomic_write_bytes(path / "keys" / "node.pub", format_pubkey(name, public_key(seed)).encode())
-    write_node_toml(path, name, role, delivery or {})
+    tables = {"delivery": delivery or {}}
+    if role == "earth":
+        git.seed_config_repo(path / "config", template_sources(template))
+        tables["earth"] = {"config": "config"}
+    elif registry:
+        tables["outpost"] = {"registry": registry}
+    write_node_toml(path, name, role, tables)
     home = load_home(path)
     State(home.state_db).close()
     return home

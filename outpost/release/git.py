@@ -23,12 +23,14 @@ def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
     return proc
 
 
-def seed_config_repo(path: Path, template: Path) -> str:
-    """Create Earth's config repo from `template` with one commit; returns its hash."""
+def seed_config_repo(path: Path, sources: list[tuple[Path, str]]) -> str:
+    """Create Earth's config repo with one commit; returns its hash. Each (folder, place)
+    of `sources` is copied to `path/place`. An existing repo is left as it is."""
     if (path / ".git").exists():
         return head(path)
-    shutil.copytree(template, path, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(".git", "__pycache__", ".terraform*"))
+    for folder, place in sources:
+        shutil.copytree(folder, path / place, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(".git", "__pycache__", ".terraform*"))
     repo = git.Repo.init(path, initial_branch=BRANCH)
     with repo.config_writer() as cw:
         cw.set_value("user", "name", "Outpost Earth")

@@ -255,18 +255,18 @@ class State:
     def has_part(self, parent: str, idx: int) -> bool:
         return bool(self.q("SELECT 1 FROM reasm_parts WHERE parent = ? AND idx = ?", parent, idx))
 
-    def add_part(self, parent: str, idx: int, src: str, kind: str, total: int, count: int,
-                 expires: float, now: float) -> int:
-        """Record fragment `idx`; returns how many fragments of `parent` are now held."""
+    def add_parts(self, parts: list[tuple[str, int, str, str, int, int, float]],
+                  now: float) -> None:
+        """Record fragments (parent, index, src, kind, total, count, expires) in one go."""
         with self.tx() as db:
-            db.execute("INSERT OR IGNORE INTO reasm (parent, src, kind, total, count, expires, "
-                       "started) VALUES (?,?,?,?,?,?,?)",
-                       (parent, src, kind, total, count, expires, now))
-            db.execute("INSERT OR IGNORE INTO reasm_parts VALUES (?, ?)", (parent, idx))
-            n = db.execute("SELECT count(*) FROM reasm_parts WHERE parent = ?",
-                           (parent,)).fetchone()[0]
-            db.execute("UPDATE reasm SET received = ? WHERE parent = ?", (n, parent))
-        return int(n)
+            for parent, idx, src, kind, total, count, expires in parts:
+                db.execute("INSERT OR IGNORE INTO reasm (parent, src, kind, total, count, "
+                           "expires, started) VALUES (?,?,?,?,?,?,?)",
+                           (parent, src, kind, total, count, expires, now))
+                db.execute("INSERT OR IGNORE INTO reasm_parts VALUES (?, ?)", (parent, idx))
+            for parent in {p[0] for p in parts}:
+                db.execute("UPDATE reasm SET received = (SELECT count(*) FROM reasm_parts "
+                           "WHERE parent = ?) WHERE parent = ?", (parent, parent))
 
     def drop_reasm(self, parent: str) -> None:
         with self.tx() as db:

@@ -1,0 +1,160 @@
+"""`outpost-node publish | sync | export | import`: releases over the bus (docs/releases.md)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..codec import MAGIC
+from ..errors import ConfigError
+from ..fsutil import atomic_writer
+from ..gateway.importer import Gateway
+from ..gateway.registry import Registry
+from ..home import load_home
+from ..images.archive import stage_archive
+from ..node.context import Node, open_node
+from ..node.sender import Sender
+from ..release import git
+from ..roles.earth import Earth
+from ..roles.outpost import Outpost
+from ..store.releases import COMMIT, IMAGE, LAYER, ReleaseStore
+from .output import emit_json, size, table
+
+HOME = click.option("--home", required=True, type=click.Path(path_type=Path),
+                    help="The node's home directory.")
+JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def _node(home: Path, role: str) -> Node:
+    h = load_home(home)
+    if h.role != role:
+        raise ConfigError(f"{h.path} is a {h.role} home; this command needs a {role} home")
+    return open_node(h)
+
+
+@click.command()
+@HOME
+@click.option("--to", "peers", multiple=True, help="Only this outpost (repeatable).")
+@JSON
+def publish(home: Path, peers: tuple[str, ...], as_json: bool) -> None:
+    """Send the release at the head of the config repo to the outposts."""
+    node = _node(home, "earth")
+    results = Earth(node, Sender(node)).publish(list(peers) or None)
+    _print_sent([r.to_json() for r in results], as_json)
+
+
+@click.command()
+@HOME
+@click.option("--to", "peer", required=True, help="The outpost the media is for.")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@JSON
+def export(home: Path, peer: str, directory: Path, as_json: bool) -> None:
+    """Write what would cross the link to DIRECTORY (for removable media) instead."""
+    node = _node(home, "earth")
+    results = [r.to_json() for r in Earth(node, Sender(node)).publish([peer], via_link=False)]
+    directory.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        for m in r["messages"]:
+            target = directory / f"{m['id']}.opb"
+            with open(m["path"], "rb") as src, atomic_writer(target) as out:
+                shutil.copyfileobj(src, out, 1024 * 1024)
+            m["file"] = str(target)
+    _print_sent(results, as_json)
+
+
+def _print_sent(results: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        emit_json(results)
+        return
+    for r in results:
+        if not r["messages"]:
+            click.echo(f"{r['peer']}: up to date, nothing to send")
+            continue
+        click.echo(f"{r['peer']}: {len(r['messages'])} message(s), {size(r['bytes'])}")
+        for m in r["messages"]:
+            click.echo(f"  {m['id'][:16]}  {m['kind']:<8} {size(m['size']):>10}  {m['what']}")
+
+
+@click.command()
+@HOME
+@JSON
+def sync(home: Path, as_json: bool) -> None:
+    """Tell Earth what this outpost holds; Earth answers with everything it lacks."""
+    node = _node(home, "outpost")
+    role = Outpost(node, Sender(node))
+    ids = {peer: role.send_sync(peer) for peer in node.peers()}
+    if as_json:
+        emit_json(ids)
+    else:
+        for peer, msg_id in ids.items():
+            click.echo(f"sync {msg_id} queued for {peer}")
+
+
+@click.command("import")
+@HOME
+@click.option("--registry", metavar="HOST:PORT", help="Registry for a `docker save` archive.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def import_(home: Path, registry: str | None, file: Path) -> None:
+    """Take a bundle, or a plain `docker save` tar, from removable media."""
+    node = _node(home, "outpost")
+    with open(file, "rb") as f:
+        is_bundle = f.read(len(MAGIC)) == MAGIC
+    if is_bundle:
+        target = node.home.inbox / file.name
+        with open(file, "rb") as src, atomic_writer(target) as out:
+            shutil.copyfileobj(src, out, 1024 * 1024)
+        click.echo(f"{file.name} is in the inbox; the running node takes it from there")
+        return
+    role = Outpost(node, Sender(node), registry)
+    if role.gateway is None:
+        raise ConfigError("no registry: pass --registry HOST:PORT or set [outpost] registry")
+    with tempfile.TemporaryDirectory(dir=node.home.spool) as tmp:
+        for facts, files in stage_archive(file, Path(tmp)):
+            missing = role.gateway.import_image(facts, files)
+            if missing:
+                raise ConfigError(f"{facts.ref}: the archive lacks {len(missing)} layer(s)")
+            click.echo(f"imported {facts.ref} ({facts.image_id[:19]})")
+    role.check_ready()
+
+
+release_commands = [publish, export, sync, import_]
+
+
+def release_status(node: Node) -> dict[str, Any]:
+    store = ReleaseStore(node.state)
+    if node.home.role == "earth":
+        repo = node.home.path / "config"
+        outposts = [{"peer": p, "commit": store.commit_of(p),
+                     "layers": len(store.holding(p, LAYER)),
+                     "images": len(store.holding(p, IMAGE))} for p in node.peers()]
+        return {"config_head": git.head(repo) if (repo / ".git").exists() else None,
+                "outposts": outposts, "reports": store.reports(10)}
+    mirror = node.home.path / "config.git"
+    return {"mirror_head": git.mirror_head(mirror) if mirror.exists() else None,
+            "releases": [{k: v for k, v in r.items() if k != "meta"}
+                         for r in store.releases()],
+            "images": store.images(), "layers_held": len(store.layers())}
+
+
+def print_release_status(info: dict[str, Any]) -> None:
+    if "outposts" in info:
+        click.echo(f"\nconfig repo head: {(info['config_head'] or 'none')[:12]}")
+        table(["OUTPOST", "CONFIG", "LAYERS", "IMAGES"],
+              [[o["peer"], (o["commit"] or "none")[:12], o["layers"], o["images"]]
+               for o in info["outposts"]])
+        for r in info["reports"][:5]:
+            click.echo(f"  report from {r['peer']}: {r['event']} {(r['release'] or '')[:12]}")
+    elif "releases" in info:
+        click.echo(f"\nconfig mirror head: {(info['mirror_head'] or 'none')[:12]}; "
+                   f"layers held: {info['layers_held']}")
+        table(["RELEASE", "STATE", "NOTE"],
+              [[r["commit_id"][:12], r["state"], r["note"]] for r in info["releases"]])
+        for i in info["images"]:
+            click.echo(f"  image {i['ref']} {i['image_id'][:19]}")
+
+
+__all__ = ["COMMIT", "Gateway", "Registry", "release_commands", "release_status"]

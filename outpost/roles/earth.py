@@ -1,0 +1,170 @@
+"""Earth: the authoritative side. Publishes releases, answers syncs, tracks holdings."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..codec import BULK, Header, PartWriter
+from ..errors import ConfigError, MalformedBundle
+from ..images.docker_source import docker_client, image_facts, write_image
+from ..node.context import Node, log
+from ..node.handlers import Handler
+from ..node.sender import SENDING, Sender
+from ..release import git
+from ..release.config import ReleaseConfig, parse_release_config
+from ..release.manifest import COMMIT as COMMIT_RE
+from ..release.manifest import DIGEST, Release
+from ..store.releases import COMMIT, IMAGE, LAYER, ReleaseStore
+from ..store.state import Message
+from . import Call, Role, read_control
+
+
+@dataclass
+class Sent:
+    """What one publish sent one outpost."""
+
+    peer: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"peer": self.peer, "messages": self.messages,
+                "bytes": sum(m["size"] for m in self.messages)}
+
+
+class Earth(Role):
+    def __init__(self, node: Node, sender: Sender) -> None:
+        self.node, self.sender = node, sender
+        self.store = ReleaseStore(node.state)
+        table = node.home.raw.get("earth", {})
+        self.repo = node.home.path / str(table.get("config", "config"))
+        self.docker_host: str | None = table.get("docker") or None
+
+    def handlers(self) -> dict[str, Handler]:
+        return {**super().handlers(), "sync": Call(self.on_sync),
+                "report": Call(self.on_report)}
+
+    # publishing
+    def current(self) -> tuple[Release, ReleaseConfig, Any]:
+        """The release at the head of the config repo, its images resolved in Docker."""
+        commit = git.head(self.repo)
+        cfg = parse_release_config(git.show(self.repo, commit, "outpost.toml"),
+                                   f"outpost.toml at {commit[:12]}")
+        client = docker_client(self.docker_host)
+        return Release(commit, [image_facts(client, ref) for ref in cfg.images]), cfg, client
+
+    def publish(self, peers: list[str] | None = None, *, via_link: bool = True) -> list[Sent]:
+        release, _cfg, client = self.current()
+        targets = peers or self.node.peers()
+        for peer in targets:
+            if peer not in self.node.peers():
+                raise ConfigError(f"{peer!r} is not a trusted peer")
+        return [self._publish_to(peer, release, client, via_link) for peer in targets]
+
+    def _publish_to(self, peer: str, release: Release, client: Any, via_link: bool) -> Sent:
+        sent = Sent(peer)
+        pending = self.pending(peer)
+        base = self.store.commit_of(peer)
+        if release.commit != base and release.commit not in pending[COMMIT]:
+            sent.messages.append(self._send_config(peer, release, base, via_link))
+        layers = self.store.holding(peer, LAYER) | pending[LAYER]
+        images = self.store.holding(peer, IMAGE) | pending[IMAGE]
+        for facts in release.images:
+            if facts.image_id in images:
+                continue
+            wanted = [d for d in dict.fromkeys(facts.diff_ids) if d not in layers]
+            msg = self.sender.submit(
+                peer, "image", fill=self._image_fill(client, facts, layers),
+                meta={"release": release.commit}, priority=BULK, via_link=via_link,
+                custody={"holds": {LAYER: wanted, IMAGE: [facts.image_id]}})
+            sent.messages.append(_describe(msg, f"{facts.ref}: {len(wanted)} of "
+                                                 f"{len(facts.diff_ids)} layers"))
+            layers |= set(facts.diff_ids)
+            images.add(facts.image_id)
+        log.info("published %s to %s: %d message(s)", release.id, peer, len(sent.messages))
+        return sent
+
+    def _send_config(self, peer: str, release: Release, base: str | None,
+                     via_link: bool) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(dir=self.node.home.spool) as tmp:
+            bundle = Path(tmp) / "config.bundle"
+            if base is not None and git.has_commit(self.repo, base) and not git.is_ancestor(
+                    self.repo, base, release.commit):
+                log.warning("%s holds %s, which %s does not descend from: the outpost will "
+                            "refuse this rewrite of history", peer, base[:12], release.id)
+            has = git.create_bundle(self.repo, bundle, base)
+            with open(bundle if has else os.devnull, "rb") as src:
+                msg = self.sender.submit(
+                    peer, "release", src, meta={"release": release.to_meta(), "base": base},
+                    via_link=via_link, custody={"holds": {COMMIT: [release.commit]}})
+        return _describe(msg, f"release {release.id} (config from {(base or 'the start')[:12]})")
+
+    def _image_fill(self, client: Any, facts: Any, held: set[str]) -> Any:
+        def fill(w: PartWriter) -> dict[str, Any]:
+            return write_image(client, facts, held, w, self.node.home.spool).to_meta()
+        return fill
+
+    def pending(self, peer: str) -> dict[str, set[str]]:
+        """What messages still in custody will give the peer once they arrive."""
+        out: dict[str, set[str]] = {COMMIT: set(), LAYER: set(), IMAGE: set()}
+        for msg in self.node.state.messages(SENDING):
+            if msg.peer == peer:
+                for kind, values in msg.meta.get("holds", {}).items():
+                    out.setdefault(kind, set()).update(values)
+        return out
+
+    # what comes back
+    def on_delivered(self, msg: Message) -> None:
+        holds = msg.meta.get("holds", {})
+        now = self.node.clock()
+        for kind, values in holds.items():
+            if kind == COMMIT and any(self.store.refused(msg.peer, v) for v in values):
+                continue
+            self.store.hold(msg.peer, kind, list(values), now)
+
+    def on_sync(self, header: Header, path: Path) -> None:
+        doc = read_control(self.node, header, path)
+        commit, layers, images = _holdings(doc)
+        self.store.replace_holdings(header.src, commit, layers, images, self.node.clock())
+        log.info("%s reports config %s, %d layers, %d images; answering its sync",
+                 header.src, (commit or "none")[:12], len(layers), len(images))
+        release, _cfg, client = self.current()
+        if not self._publish_to(header.src, release, client, True).messages:
+            log.info("%s is up to date", header.src)
+
+    def on_report(self, header: Header, path: Path) -> None:
+        meta = header.meta
+        event, release = str(meta.get("event", "?")), meta.get("release")
+        self.store.add_report(header.src, event, release if isinstance(release, str) else None,
+                              {k: v for k, v in meta.items() if k != "event"},
+                              self.node.clock())
+        level = 30 if "refused" in event or "incomplete" in event else 20
+        log.log(level, "%s reports %s for %s: %s", header.src, event, release,
+                meta.get("error") or meta.get("head") or "")
+        head = meta.get("head")
+        if event == "release-refused":
+            self.store.hold(header.src, COMMIT,
+                            [head] if isinstance(head, str) and COMMIT_RE.match(head) else [],
+                            self.node.clock())
+
+
+def _holdings(doc: Any) -> tuple[str | None, list[str], list[str]]:
+    if not isinstance(doc, dict):
+        raise MalformedBundle("sync payload must be a map", reason="bad-sync")
+    commit, layers, images = doc.get("commit"), doc.get("layers", []), doc.get("images", [])
+    if commit is not None and not (isinstance(commit, str) and COMMIT_RE.match(commit)):
+        raise MalformedBundle("sync commit must be 40 hex", reason="bad-sync")
+    for name, values in (("layers", layers), ("images", images)):
+        if not isinstance(values, list) or not all(
+                isinstance(v, str) and DIGEST.match(v) for v in values):
+            raise MalformedBundle(f"sync {name} must be sha256 digests", reason="bad-sync")
+    return commit, layers, images
+
+
+def _describe(msg: Message, what: str) -> dict[str, Any]:
+    return {"id": msg.id, "kind": msg.kind, "size": msg.size, "units": msg.units,
+            "what": what, "path": msg.path}
+

@@ -1,0 +1,167 @@
+"""The outpost: takes releases in (config into the git mirror, images into the registry),
+reports back, and asks Earth for what it lacks (sync) at start and on an interval."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgpack
+
+from ..codec import EXPEDITED, Header, read_payload
+from ..errors import BundleError, ConfigError
+from ..gateway.importer import Gateway
+from ..gateway.registry import Registry
+from ..images.parts import ImagePayload, PartSplitter
+from ..node.context import Node, log
+from ..node.handlers import Handler, stream_to_part
+from ..node.sender import Sender
+from ..release import git
+from ..release.manifest import Release
+from ..store.releases import ReleaseStore
+from ..units import parse_duration
+from . import Call, Role
+
+DEFAULT_SYNC_INTERVAL = 6 * 3600.0
+READY, WAITING, REFUSED = "ready", "waiting-for-images", "refused"
+
+
+class Outpost(Role):
+    def __init__(self, node: Node, sender: Sender, registry: str | None = None) -> None:
+        self.node, self.sender = node, sender
+        self.store = ReleaseStore(node.state)
+        table = node.home.raw.get("outpost", {})
+        self.mirror = node.home.path / "config.git"
+        git.init_mirror(self.mirror)
+        address = registry or table.get("registry") or os.environ.get("OUTPOST_REGISTRY")
+        self.gateway = Gateway(Registry(address), self.store) if address else None
+        self.sync_interval = parse_duration(table.get("sync_interval", DEFAULT_SYNC_INTERVAL))
+        self.sync_on_start = bool(table.get("sync_on_start", True))
+        self._next_sync = 0.0
+
+    def handlers(self) -> dict[str, Handler]:
+        return {**super().handlers(), "release": Call(self.on_release),
+                "image": Call(self.on_image)}
+
+    # timers
+    def on_start(self) -> None:
+        now = self.node.clock()
+        self._next_sync = now if self.sync_on_start else now + self.sync_interval
+
+    def tick(self, now: float) -> None:
+        if self.sync_interval > 0 and now >= self._next_sync and self.node.peers():
+            self._next_sync = now + self.sync_interval
+            for peer in self.node.peers():
+                self.send_sync(peer)
+
+    def send_sync(self, peer: str) -> str:
+        """Tell `peer` what we hold; it answers with whatever we lack."""
+        layers = self.gateway.present_layers() if self.gateway else self.store.layers()
+        doc = {"commit": git.mirror_head(self.mirror), "layers": layers,
+               "images": sorted({i["image_id"] for i in self.store.images()})}
+        data: bytes = msgpack.packb(doc)
+        msg = self.sender.submit(peer, "sync", io.BytesIO(data), priority=EXPEDITED,
+                                 lifetime=max(self.sync_interval, 3600.0))
+        log.info("sync sent to %s: config %s, %d layers", peer,
+                 (doc["commit"] or "none")[:12], len(layers))
+        return msg.id
+
+    # releases
+    def on_release(self, header: Header, path: Path) -> None:
+        release = Release.from_meta(header.meta.get("release"))
+        if header.payload.raw_length:
+            staged = self.node.home.spool / "staging" / f"{header.id}.bundle"
+            try:
+                stream_to_part(self.node, path, staged)
+                old, new = git.apply_bundle(self.mirror, staged, release.commit)
+            finally:
+                staged.unlink(missing_ok=True)
+            log.info("config mirror %s -> %s", (old or "empty")[:12], new[:12])
+        elif git.mirror_head(self.mirror) != release.commit:
+            # No bundle means Earth believes we hold the commit already; a sync will mend it.
+            read_payload(path, self.node.state.keyring(), self.node.limits, lambda _b: None)
+        self.store.set_release(release.commit, release.to_meta(), WAITING, "",
+                               self.node.clock())
+        self.report(header.src, "release-received", release.commit,
+                    head=git.mirror_head(self.mirror))
+        self.check_ready()
+
+    def check_ready(self) -> None:
+        held = {i["image_id"] for i in self.store.images()}
+        head = git.mirror_head(self.mirror)
+        for rel in self.store.releases():
+            if rel["state"] != WAITING:
+                continue
+            release = Release.from_meta(rel["meta"])
+            lacking = [i.ref for i in release.images if i.image_id not in held]
+            if not lacking and head == release.commit:
+                self.store.set_release(release.commit, rel["meta"], READY, "",
+                                       self.node.clock())
+                log.info("release %s is ready: config %s and %d image(s) present", release.id,
+                         release.commit[:12], len(release.images))
+            elif lacking:
+                self.store.set_release(release.commit, rel["meta"], WAITING,
+                                       "lacks " + ", ".join(lacking), self.node.clock())
+
+    # images
+    def on_image(self, header: Header, path: Path) -> None:
+        if self.gateway is None:
+            raise ConfigError("an image arrived but no registry is configured: start the node "
+                              "with --registry HOST:PORT or set [outpost] registry")
+        payload = ImagePayload.from_meta(header.meta, header.payload.raw_length)
+        staging = self.node.home.spool / "staging" / header.id
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            files = self._stage(path, payload, staging)
+            missing = self.gateway.import_image(payload.facts, files)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        release = header.meta.get("release")
+        if missing:
+            log.warning("image %s lacks %d layer(s) the registry does not hold; asking %s",
+                        payload.facts.ref, len(missing), header.src)
+            self.report(header.src, "image-incomplete", release, ref=payload.facts.ref,
+                        missing=missing)
+            self.send_sync(header.src)
+            return
+        log.info("image %s imported: %s", payload.facts.ref, payload.facts.image_id[:19])
+        self.report(header.src, "image-imported", release, ref=payload.facts.ref,
+                    image_id=payload.facts.image_id)
+        self.check_ready()
+
+    def _stage(self, path: Path, payload: ImagePayload, staging: Path) -> dict[str, Path]:
+        files: dict[str, Path] = {}
+
+        def open_part(digest: str) -> BinaryIO:
+            files[digest] = staging / digest.replace(":", "-")
+            return open(files[digest], "wb")
+
+        splitter = PartSplitter(payload.parts(), open_part)
+        read_payload(path, self.node.state.keyring(), self.node.limits, splitter.feed)
+        splitter.finish()
+        return files
+
+    # telling Earth
+    def on_refused(self, header: Header, error: BundleError) -> None:
+        event = {"release": "release-refused", "image": "image-refused"}.get(header.kind)
+        if event is None:
+            return
+        release = header.meta.get("release")
+        if header.kind == "release":
+            try:
+                rel = Release.from_meta(release)
+                self.store.set_release(rel.commit, rel.to_meta(), REFUSED, str(error),
+                                       self.node.clock())
+                release = rel.commit
+            except BundleError:
+                release = None
+        self.report(header.src, event, release if isinstance(release, str) else None,
+                    reason=error.reason, error=str(error), head=git.mirror_head(self.mirror))
+
+    def report(self, peer: str, event: str, release: str | None, **detail: Any) -> None:
+        self.sender.submit(peer, "report", None, priority=EXPEDITED,
+                           meta={"event": event, "release": release, **detail})
