@@ -170,14 +170,10 @@ def test_good_durations(value: str) -> None:
     ('[services.health]\ncommand = ["true"]\ninterval = "soon"\n', "services[0].health"),
     ('[services.health]\ncommand = ["true"]\ntimeout = "10 parsecs"\n', "services[0].health"),
 ])
-@pytest.mark.xfail(strict=True, reason="bug: a bad duration's ConfigError names neither the "
-                   "source nor the field (parse_duration's message is passed through)")
 def test_a_bad_health_duration_names_the_field(extra: str, where: str) -> None:
     assert where in refused(docker_config(extra))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a bad duration's ConfigError names neither the "
-                   "source nor the field (parse_duration's message is passed through)")
 def test_a_bad_apply_timeout_names_the_field() -> None:
     assert "apply.timeout" in refused(docker_config(apply_extra='timeout = "soon"\n'))
 
@@ -187,22 +183,14 @@ def test_a_bad_duration_is_at_least_a_config_error() -> None:
         parse_release_config(docker_config(apply_extra='timeout = "soon"\n'))
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="bug: a duration that is neither text nor a number (a list, a "
-                   "table) makes parse_duration raise TypeError, not ConfigError")
 def test_a_duration_of_the_wrong_type_is_a_config_error() -> None:
     assert "apply.timeout" in refused(docker_config(apply_extra='timeout = ["1s"]\n'))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a negative number is taken as a duration "
-                   "(\"-5s\" is refused, but -5 passes as -5.0 seconds)")
 def test_a_negative_timeout_is_refused() -> None:
     assert "apply.timeout" in refused(docker_config(apply_extra="timeout = -5\n"))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="bug: health.retries that is not a number raises ValueError from "
-                   "int(), not ConfigError")
 def test_health_retries_must_be_a_number() -> None:
     assert "retries" in refused(docker_config('[services.health]\ncommand = ["true"]\n'
                                               'retries = "many"\n'))
@@ -263,4 +251,11 @@ def test_bad_image_facts_are_malformed(meta: Any) -> None:
 def test_bad_releases_are_malformed(meta: Any) -> None:
     with pytest.raises(MalformedBundle) as info:
         Release.from_meta(meta)
+    assert info.value.reason == "bad-release"
+
+
+@pytest.mark.parametrize("ref", ["", "Upper/App:1", "app name:1", "app@" + D1, "app:-x"])
+def test_image_facts_refuse_a_ref_that_is_no_image_name(ref: str) -> None:
+    with pytest.raises(MalformedBundle) as info:
+        ImageFacts.from_meta({**FACTS, "ref": ref})
     assert info.value.reason == "bad-release"

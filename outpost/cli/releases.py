@@ -12,8 +12,6 @@ import click
 from ..codec import MAGIC
 from ..errors import ConfigError
 from ..fsutil import atomic_writer
-from ..gateway.importer import Gateway
-from ..gateway.registry import Registry
 from ..home import load_home
 from ..images.archive import stage_archive
 from ..node.context import Node, open_node
@@ -21,7 +19,7 @@ from ..node.sender import Sender
 from ..release import git
 from ..roles.earth import Earth
 from ..roles.outpost import Outpost
-from ..store.releases import COMMIT, IMAGE, LAYER, ReleaseStore
+from ..store.releases import IMAGE, LAYER, ReleaseStore
 from .output import emit_json, size, table
 
 HOME = click.option("--home", required=True, type=click.Path(path_type=Path),
@@ -156,5 +154,3 @@ def print_release_status(info: dict[str, Any]) -> None:
         for i in info["images"]:
             click.echo(f"  image {i['ref']} {i['image_id'][:19]}")
 
-
-__all__ = ["COMMIT", "Gateway", "Registry", "release_commands", "release_status"]

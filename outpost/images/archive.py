@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
@@ -19,9 +20,11 @@ def stage_archive(archive: Path, into: Path) -> list[tuple[ImageFacts, dict[str,
     try:
         with tarfile.open(archive, "r:") as tar:
             manifest = json.load(_member(tar, "manifest.json"))
-            return [_stage_image(tar, entry, into) for entry in manifest]
+            staged = [_stage_image(tar, entry, into) for entry in manifest]
     except (tarfile.TarError, OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{archive} is not a readable `docker save` archive: {e}") from None
+    # One image saved under several tags is one entry listing them all: import each tag.
+    return [(replace(facts, ref=tag), files) for facts, files, tags in staged for tag in tags]
 
 
 def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
@@ -32,7 +35,7 @@ def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
 
 
 def _stage_image(tar: tarfile.TarFile, entry: dict[str, object],
-                 into: Path) -> tuple[ImageFacts, dict[str, Path]]:
+                 into: Path) -> tuple[ImageFacts, dict[str, Path], list[str]]:
     tags = entry.get("RepoTags") or []
     if not isinstance(tags, list) or not tags:
         raise ConfigError("an image in the archive has no tag; save it as name:tag")
@@ -47,7 +50,8 @@ def _stage_image(tar: tarfile.TarFile, entry: dict[str, object],
         if digest != expected:
             raise ConfigError(f"layer {name} of {tags[0]} is not its diff_id {expected}")
         files[digest] = path
-    return ImageFacts(ref=str(tags[0]), image_id=config_digest, diff_ids=diff_ids), files
+    facts = ImageFacts(ref=str(tags[0]), image_id=config_digest, diff_ids=diff_ids)
+    return facts, files, [str(t) for t in tags]
 
 
 def _copy(tar: tarfile.TarFile, name: str, into: Path) -> tuple[str, Path]:

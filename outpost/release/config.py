@@ -12,11 +12,10 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..units import parse_duration
+from .manifest import IMAGE_REF as _REF
 
 APPLIERS = ("docker", "command")
 NETWORKS = ("host", "none")
-_REF = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-                  r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?\Z")
 _SERVICE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
 
 
@@ -125,7 +124,7 @@ class _Ctx:
         return Apply(applier=applier,
                      command=self.strings(t.get("command", []), "apply.command"),
                      workdir=str(t.get("workdir", ".")),
-                     timeout=parse_duration(t.get("timeout", "10m")),
+                     timeout=self.duration(t.get("timeout", "10m"), "apply.timeout"),
                      env=self.env(t.get("env", {}), "apply.env"))
 
     def service(self, t: dict[str, Any], n: int) -> Service:
@@ -150,7 +149,22 @@ class _Ctx:
             return None
         if not isinstance(t, dict):
             raise self.fail(f"{where}.health", "must be a table")
-        return Health(command=self.strings(t.get("command", []), f"{where}.health.command"),
-                      interval=parse_duration(t.get("interval", "2s")),
-                      retries=int(t.get("retries", 15)),
-                      timeout=parse_duration(t.get("timeout", "10s")))
+        where = f"{where}.health"
+        retries = t.get("retries", 15)
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise self.fail(f"{where}.retries", "must be a whole number, 0 or more")
+        return Health(command=self.strings(t.get("command", []), f"{where}.command"),
+                      interval=self.duration(t.get("interval", "2s"), f"{where}.interval"),
+                      retries=retries,
+                      timeout=self.duration(t.get("timeout", "10s"), f"{where}.timeout"))
+
+    def duration(self, value: Any, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.fail(where, "must be a duration such as \"30s\" or \"10m\"")
+        try:
+            seconds = parse_duration(value)
+        except ConfigError as e:
+            raise self.fail(where, str(e)) from None
+        if seconds < 0:
+            raise self.fail(where, "must not be negative")
+        return seconds

@@ -30,7 +30,7 @@ def seed_config_repo(path: Path, sources: list[tuple[Path, str]]) -> str:
         return head(path)
     for folder, place in sources:
         shutil.copytree(folder, path / place, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(".git", "__pycache__", ".terraform*"))
+                        ignore=shutil.ignore_patterns(".git", "__pycache__", ".terraform"))
     repo = git.Repo.init(path, initial_branch=BRANCH)
     with repo.config_writer() as cw:
         cw.set_value("user", "name", "Outpost Earth")
@@ -41,10 +41,10 @@ def seed_config_repo(path: Path, sources: list[tuple[Path, str]]) -> str:
 
 
 def head(repo: Path) -> str:
-    try:
-        return git.Repo(repo).commit(BRANCH).hexsha
-    except (git.GitError, ValueError) as e:
-        raise GitError(f"{repo} has no {BRANCH} branch: {e}") from None
+    proc = _git(repo, "rev-parse", "--verify", "-q", f"refs/heads/{BRANCH}", check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise GitError(f"{repo} has no commit on {BRANCH} yet: commit the configuration first")
+    return proc.stdout.strip()
 
 
 def show(repo: Path, commit: str, path: str) -> str:
@@ -108,7 +108,11 @@ def apply_bundle(mirror: Path, bundle: Path, expect: str) -> tuple[str | None, s
     (a late copy) changes nothing.
     """
     old = mirror_head(mirror)
-    if bundle_head(bundle, mirror) != expect:
+    found = bundle_head(bundle, mirror)
+    if found is None:
+        raise RefusedContent(f"the config bundle is not a git bundle with a {BRANCH} branch",
+                             reason="bad-git-bundle")
+    if found != expect:
         raise RefusedContent(f"the config bundle's {BRANCH} is not the release's commit "
                              f"{expect[:12]}", reason="commit-mismatch")
     if old is not None and has_commit(mirror, expect) and is_ancestor(mirror, expect, old):
@@ -127,5 +131,7 @@ def apply_bundle(mirror: Path, bundle: Path, expect: str) -> tuple[str | None, s
             raise RefusedContent(f"the config bundle would rewrite history: {BRANCH} at "
                                  f"{(old or '')[:12]} is not an ancestor of {expect[:12]}",
                                  reason="history-rewrite")
-        raise GitError(f"git fetch from bundle failed: {fetch.stderr.strip()}")
+        # It verified, so its pack is what Earth signed: a broken pack is Earth's fault.
+        raise RefusedContent(f"git cannot read the config bundle: {fetch.stderr.strip()}",
+                             reason="bad-git-bundle")
     return old, expect

@@ -9,6 +9,8 @@ from typing import Any
 from ..errors import MalformedBundle
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+IMAGE_REF = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+                       r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?\Z")
 COMMIT = re.compile(r"^[0-9a-f]{40}\Z")
 
 
@@ -28,10 +30,11 @@ class ImageFacts:
         if not isinstance(d, dict):
             raise MalformedBundle("image facts must be a map", reason="bad-release")
         ref, image_id, diff_ids = d.get("ref"), d.get("image_id"), d.get("diff_ids")
-        if not isinstance(ref, str) or not isinstance(image_id, str) or not DIGEST.match(
-                image_id):
-            raise MalformedBundle("image facts need a ref and a sha256 image_id",
+        if not isinstance(ref, str) or not IMAGE_REF.match(ref):
+            raise MalformedBundle(f"image ref {ref!r} is not an image name like app/web:1.0",
                                   reason="bad-release")
+        if not isinstance(image_id, str) or not DIGEST.match(image_id):
+            raise MalformedBundle("image facts need a sha256 image_id", reason="bad-release")
         if not isinstance(diff_ids, list) or not all(
                 isinstance(x, str) and DIGEST.match(x) for x in diff_ids):
             raise MalformedBundle("diff_ids must be sha256 digests", reason="bad-release")
