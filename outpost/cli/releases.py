@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..codec import MAGIC
-from ..errors import ConfigError
+from ..errors import ConfigError, GitError
 from ..fsutil import atomic_writer
 from ..home import load_home
 from ..images.archive import stage_archive
@@ -129,7 +129,11 @@ def release_status(node: Node) -> dict[str, Any]:
         outposts = [{"peer": p, "commit": store.commit_of(p),
                      "layers": len(store.holding(p, LAYER)),
                      "images": len(store.holding(p, IMAGE))} for p in node.peers()]
-        return {"config_head": git.head(repo) if (repo / ".git").exists() else None,
+        try:
+            config_head: str | None = git.head(repo)
+        except GitError:
+            config_head = None
+        return {"config_head": config_head,
                 "outposts": outposts, "reports": store.reports(10)}
     mirror = node.home.path / "config.git"
     return {"mirror_head": git.mirror_head(mirror) if mirror.exists() else None,
