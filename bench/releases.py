@@ -1,7 +1,8 @@
 """Benchmark of releases (issue 3): link bytes of a release series, and import into a registry.
 
     .venv/bin/python bench/releases.py [--base-mb 30] [--big-mb 1024] [--runs 3]
-                                       [--skip-big] [--json] [--keep] [-v]
+                                       [--skip-big] [--skip-series] [--profile DIR]
+                                       [--json] [--keep] [-v]
 
 1. Bytes over the link for a v1 -> v2 -> v3 release series. Real processes, in a fresh
    temporary directory: two homes made with `outpost-node init` (earth; mars, an outpost
@@ -10,7 +11,7 @@
    --latency 100ms --stats` between them (no loss). The images are built locally with the
    helpers of tests/images.py: a base of busybox-static plus `--base-mb` MiB of
    incompressible bytes (ONE layer) and, per version, ONE app layer (APP_LAYER below: 512 KiB
-   of text that zstd compresses about 3-6x, plus 128 KiB of random bytes). For each version:
+   of text that zstd -3 compresses about 5x, plus 128 KiB of random bytes). For each version:
    commit outpost.toml (naming app:vN) in earth's config repo, `outpost-node publish --home
    EARTH`, wait until mars's `status --json` shows the commit "ready", then until both nodes
    hold nothing "sending" and link-sim has nothing queued or in flight (stable for 2 s), and
@@ -36,10 +37,13 @@
    registry (`scripts/services start --dir ...`, purged afterwards): skopeo keeps a blob-info
    cache (/var/lib/containers/cache for root) and mounts a blob it pushed before from another
    repository of the same registry, so fresh repository names alone would flatter later runs.
-   External processes run under GNU time (`%e %M`): their peak RSS is their own, not the
-   forking parent's. Each figure is the median of `--runs` runs; the tools alternate within
-   a run. Targets (issue 3): import time Outpost / skopeo <= 1.0; importing a 1 GiB image
-   keeps peak RSS under 150 MiB.
+   External processes run under GNU time (`%e %M %U %S`): their peak RSS is their own, not
+   the forking parent's; the registry's CPU time during each import is read from /proc.
+   sync(2) runs before each timed run, so the dirty pages of the previous one (a gigabyte
+   of blobs) do not throttle it. Each figure is the median of `--runs` runs; the tools
+   alternate within a run. `--profile DIR` writes a cProfile of the first Outpost gateway
+   run of each image to DIR/gateway-LABEL.prof. Targets (issue 3): import time
+   Outpost / skopeo <= 1.0; importing a 1 GiB image keeps peak RSS under 150 MiB.
 
 Docker and the registry: `scripts/services start --outpost-docker` (it reuses what runs)
 gives DOCKER_HOST through `.services/env`; the registries are the bench's own (the same
@@ -197,7 +201,8 @@ def shared_services() -> dict[str, str]:
 
 @contextlib.contextmanager
 def private_registry(folder: Path, docker_host: str) -> Iterator[str]:
-    """A fresh, empty distribution registry of our own; stopped and deleted afterwards.
+    """A fresh, empty distribution registry of our own (its address); stopped and deleted
+    afterwards. `registry_cpu(folder)` reads the CPU time its process has used.
 
     `scripts/services start --dir` reuses the Docker daemon DOCKER_HOST names (it never
     touches a daemon it did not start) and starts only a registry, storage in `folder`.
@@ -212,6 +217,13 @@ def private_registry(folder: Path, docker_host: str) -> Iterator[str]:
     finally:
         subprocess.run([*SERVICES, "stop", "--purge", "--dir", str(folder)],
                        capture_output=True, env=env, check=False)
+
+
+def registry_cpu(folder: Path) -> float:
+    """CPU seconds (user + system) the registry started in `folder` has used so far."""
+    pid = int(json.loads((folder / "state.json").read_text())["registry"]["pid"])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def registry_image_id(registry: str, ref: str, repo: str | None = None) -> str | None:
@@ -587,15 +599,21 @@ def release_one(site: Site, client: Any, names: Names, version: str, env: dict[s
 
 
 def timed(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
-    """Run argv under GNU time: wall seconds and the peak RSS of that process alone."""
+    """Run argv under GNU time: wall seconds and the peak RSS of that process alone.
+
+    sync(2) first: the previous run left up to gigabytes of dirty pages (the registry's
+    blobs, Outpost's staging files), and their writeback would throttle this run's writes.
+    """
     out = cwd / ".time"
-    proc = subprocess.run([GNU_TIME, "-f", "%e %M", "-o", str(out), *argv], env=env,
+    os.sync()
+    proc = subprocess.run([GNU_TIME, "-f", "%e %M %U %S", "-o", str(out), *argv], env=env,
                           capture_output=True, text=True, timeout=IMPORT_TIMEOUT, check=False)
     if proc.returncode != 0:
         raise BenchError(f"{' '.join(argv[:3])} failed ({proc.returncode}): "
                          f"{proc.stderr.strip()[-2000:]}")
-    wall, rss = out.read_text().split()[-2:]
-    return {"wall_s": float(wall), "rss_kib": int(rss), "stdout": proc.stdout}
+    wall, rss, user, system = out.read_text().split()[-4:]
+    return {"wall_s": float(wall), "rss_kib": int(rss), "cpu_s": float(user) + float(system),
+            "stdout": proc.stdout}
 
 
 @dataclass
@@ -675,17 +693,20 @@ def run_case(args: argparse.Namespace, site: Site, case: ImportCase, env: dict[s
     repo, tag = image_ref_parts(case.ref)
     for n in range(args.runs):
         for name in TOOLS:
-            with private_registry(site.root / f"registry-{case.label}-{n}-{name}",
-                                  docker_host) as registry:
+            folder = site.root / f"registry-{case.label}-{n}-{name}"
+            with private_registry(folder, docker_host) as registry:
                 say(f"import {case.label} run {n + 1}/{args.runs}: {name}")
+                cpu0 = registry_cpu(folder)
                 one = import_once(name, site, case, registry, env, scratch, repo, tag,
                                   args.profile if n == 0 else None)
+                one["registry_cpu_s"] = registry_cpu(folder) - cpu0
                 got = registry_image_id(registry, case.ref, one.pop("repo"))
                 if got != case.image_id:
                     raise BenchError(f"{name}: the registry holds image {got} for "
                                      f"{case.ref}, Docker has {case.image_id}")
                 runs[name].append(one)
-    med = {name: {k: statistics.median(r[k] for r in rs) for k in ("time_s", "rss_kib")}
+    med = {name: {k: statistics.median(r[k] for r in rs)
+                  for k in ("time_s", "rss_kib", "cpu_s", "registry_cpu_s")}
            for name, rs in runs.items()}
     out: dict[str, Any] = {
         "label": case.label, "mb": case.mb, "ref": case.ref, "image_id": case.image_id,
@@ -709,17 +730,18 @@ def import_once(name: str, site: Site, case: ImportCase, registry: str, env: dic
         t = timed([sys.executable, "-c", IMPORT_SNIPPET, str(site.mars), str(case.bundle),
                    registry, prof], env, scratch)
         inner = json.loads(t["stdout"].strip().splitlines()[-1])
-        return {"time_s": inner["import_s"], "process_s": t["wall_s"],
+        return {"time_s": inner["import_s"], "process_s": t["wall_s"], "cpu_s": t["cpu_s"],
                 "rss_kib": inner["vmhwm_kib"], "gnu_time_rss_kib": t["rss_kib"], "repo": repo}
     if name == "outpost-import-tar":
         t = timed([tool("outpost-node"), "import", "--home", str(site.mars), "--registry",
                    registry, str(case.tar)], env, scratch)
-        return {"time_s": t["wall_s"], "rss_kib": t["rss_kib"], "repo": repo}
+        return {"time_s": t["wall_s"], "rss_kib": t["rss_kib"], "cpu_s": t["cpu_s"],
+                "repo": repo}
     dest = f"bench/skopeo-{case.label}"
     extra = ["--preserve-digests"] if name == "skopeo-preserve" else []
     t = timed(["skopeo", "copy", "-q", *extra, f"docker-archive:{case.tar}",
                f"docker://{registry}/{dest}:{tag}", "--dest-tls-verify=false"], env, scratch)
-    return {"time_s": t["wall_s"], "rss_kib": t["rss_kib"], "repo": dest}
+    return {"time_s": t["wall_s"], "rss_kib": t["rss_kib"], "cpu_s": t["cpu_s"], "repo": dest}
 
 
 # ------------------------------------------------------------------ names and cleanup
@@ -769,24 +791,26 @@ def series_table(series: dict[str, Any]) -> list[str]:
            "sizes in bytes)",
            f"   app layer per version: {APP_LAYER['text_kib']} KiB text + "
            f"{APP_LAYER['random_kib']} KiB random; base: busybox-static + random data"]
-    head = (f"{'ver':<4}{'docker save':>13}{'save|zstd -3':>14}{'Outpost a->b':>14}"
-            f"{'b->a':>8}{'ratio':>7}{'new zstd':>10}{'budget':>10}{'pass':>6}"
-            f"{'files':>7}{'ready':>7}")
+    cols = [("ver", 4), ("docker save", 13), ("save|zstd -3", 14), ("Outpost a->b", 14),
+            ("b->a", 8), ("ratio", 8), ("new zstd", 12), ("budget", 12), ("pass", 6),
+            ("files", 8), ("ready", 7)]
+    head = "".join(f"{n:<{w}}" if i == 0 else f"{n:>{w}}" for i, (n, w) in enumerate(cols))
     out += [head, "-" * len(head)]
     for r in series["rows"]:
         out.append(f"{r['version']:<4}{r['docker_save_bytes']:>13,}"
                    f"{r['docker_save_zstd_bytes']:>14,}{r['a->b_bytes']:>14,}"
-                   f"{r['b->a_bytes']:>8,}{r['ratio_vs_save_zstd']:>7.3f}"
-                   f"{r['new_layers_zstd_bytes']:>10,}{r['budget_bytes']:>10,.0f}"
+                   f"{r['b->a_bytes']:>8,}{r['ratio_vs_save_zstd']:>8.4f}"
+                   f"{r['new_layers_zstd_bytes']:>12,}{r['budget_bytes']:>12,.0f}"
                    f"{'yes' if r['pass'] else 'NO':>6}"
-                   f"{r['a->b_count']:>4}/{r['b->a_count']:<2}{r['ready_s']:>6.1f}s")
+                   f"{str(r['a->b_count']) + '/' + str(r['b->a_count']):>8}"
+                   f"{r['ready_s']:>6.1f}s")
     if series["rows"]:
         tot = {k: sum(r[k] for r in series["rows"]) for k in
                ("docker_save_bytes", "docker_save_zstd_bytes", "a->b_bytes", "b->a_bytes")}
         out.append(f"{'all':<4}{tot['docker_save_bytes']:>13,}"
                    f"{tot['docker_save_zstd_bytes']:>14,}{tot['a->b_bytes']:>14,}"
                    f"{tot['b->a_bytes']:>8,}"
-                   f"{tot['a->b_bytes'] / tot['docker_save_zstd_bytes']:>7.3f}")
+                   f"{tot['a->b_bytes'] / tot['docker_save_zstd_bytes']:>8.4f}")
     out += ["ratio = Outpost a->b / (docker save | zstd -3). new zstd = zstd -3 of the layers "
             "new to the outpost;",
             f"budget = {BUDGET_FACTOR} x new zstd + 64 KiB (issue 3). files = link files "
@@ -796,38 +820,42 @@ def series_table(series: dict[str, Any]) -> list[str]:
     return out
 
 
+IMPORT_LABELS = {"outpost": "Outpost gateway (image bundle)",
+                 "outpost-import-tar": "outpost-node import (save tar)",
+                 "skopeo": "skopeo copy docker-archive:",
+                 "skopeo-preserve": "skopeo copy --preserve-digests"}
+
+
 def imports_table(imports: dict[str, Any], runs: int) -> list[str]:
     out = [f"2. Import into the registry (median of {runs}; a fresh registry each run)"]
-    head = (f"{'image':<10}{'what':<36}{'time s':>8}{'peak RSS MiB':>14}{'vs skopeo':>11}"
-            f"{'target':>8}{'pass':>6}")
+    cols = [("image", 11), ("what", 32), ("time s", 8), ("vs skopeo", 10), ("target", 8),
+            ("pass", 5), ("RSS MiB", 9), ("CPU s", 7), ("reg CPU", 8)]
+    head = "".join(f"{n:<{w}}" if i < 2 else f"{n:>{w}}" for i, (n, w) in enumerate(cols))
     out += [head, "-" * len(head)]
-    what = {"outpost": "Outpost gateway (image bundle)",
-            "outpost-import-tar": "outpost-node import (docker save tar)",
-            "skopeo": "skopeo copy docker-archive:",
-            "skopeo-preserve": "skopeo copy --preserve-digests"}
     for c in imports["cases"]:
         med = c["median"]
         sk = med["skopeo"]["time_s"]
         for name in ("outpost", "outpost-import-tar", "skopeo", "skopeo-preserve"):
-            ratio = med[name]["time_s"] / sk
+            m = med[name]
             target = verdict = ""
             if name == "outpost":
                 target = f"<={IMPORT_RATIO_TARGET:g}"
                 verdict = "yes" if c["pass_time"] else "NO"
-            out.append(f"{c['label'] + ' ' + str(c['mb']) + 'M':<10}{what[name]:<36}"
-                       f"{med[name]['time_s']:>8.2f}{med[name]['rss_kib'] / KiB:>14.1f}"
-                       f"{ratio:>11.2f}{target:>8}{verdict:>6}")
+            out.append(f"{c['label'] + ' ' + str(c['mb']) + 'M':<11}{IMPORT_LABELS[name]:<32}"
+                       f"{m['time_s']:>8.2f}{m['time_s'] / sk:>10.2f}{target:>8}{verdict:>5}"
+                       f"{m['rss_kib'] / KiB:>9.1f}{m['cpu_s']:>7.2f}{m['registry_cpu_s']:>8.2f}")
         if c["pass_rss"] is not None:
-            out.append(f"{'':<10}{'Outpost peak RSS target':<36}{'':>8}"
-                       f"{'<' + str(c['rss_target_mib']):>14}{'':>11}{'':>8}"
-                       f"{'yes' if c['pass_rss'] else 'NO':>6}")
-        out.append(f"{'':<10}bundle {mib(c['bundle_bytes'])} MiB, docker save "
-                   f"{mib(c['docker_save_bytes'])} MiB, export (docker save + zstd) "
+            out.append(f"{'':<11}{'Outpost peak RSS < ' + str(c['rss_target_mib']) + ' MiB':<32}"
+                       f"{'':>31}{'yes' if c['pass_rss'] else 'NO':>5}")
+        out.append(f"{'':<11}bundle {mib(c['bundle_bytes'])} MiB, docker save "
+                   f"{mib(c['docker_save_bytes'])} MiB; export (docker save + zstd) "
                    f"{c['export_s']:.1f}s")
     out += ["time: Outpost gateway = Outpost.on_image in a fresh process (interpreter start "
             "excluded; the node is a daemon);",
-            "others = the whole process (GNU time). RSS: VmHWM (Outpost gateway), GNU time %M "
-            "(others)."]
+            "the others = the whole process (GNU time). RSS: VmHWM (Outpost gateway), GNU time "
+            "%M (the others).",
+            "CPU s = user + system of the importing process (GNU time, whole process); "
+            "reg CPU = the registry's, during the import."]
     if imports.get("error"):
         out.append(f"ERROR: {imports['error']}")
     return out

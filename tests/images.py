@@ -118,9 +118,12 @@ def image_facts(client: docker.DockerClient, ref: str) -> tuple[str, list[str]]:
 
 
 def save_image(client: docker.DockerClient, ref: str) -> bytes:
-    """`docker save REF` as bytes (fine for the small test images)."""
+    """`docker save REF` as bytes (fine for the small test images), tagged as REF.
+
+    Saved by reference through the API, not `Image.save(named=True)`, which names the
+    image's first tag: another test may have tagged the same image ID first."""
     buf = io.BytesIO()
-    for chunk in client.images.get(ref).save(named=True):
+    for chunk in client.api.get_image(ref):
         buf.write(chunk)
     return buf.getvalue()
 

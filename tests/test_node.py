@@ -179,3 +179,25 @@ def test_seen_ids_survive_restart(pair: Pair) -> None:
     assert sorted(received(pair)) == ["one.txt"]
     digest = hashlib.sha256(b"one").hexdigest()
     assert hashlib.sha256(received(pair)["one.txt"]).hexdigest() == digest
+
+
+def test_timers_come_forward_when_the_round_trip_drops(pair: Pair) -> None:
+    """A timer set while the peer was slow is shortened once acks show it is fast again."""
+    st = pair.a.node.state
+    from outpost.delivery import RttEstimator
+    st.save_rtt("mars", RttEstimator(srtt=60.0, rttvar=30.0, samples=5), last_ack=None)
+    lost = send(pair, b"lost once", "lost.txt")
+    pair.a.tick()
+    for f in bundle_files(pair.a_home.outbox("mars")):
+        f.unlink()  # the link took it and lost it
+    pair.a.tick()
+    (unit,) = st.units_of(lost.id)
+    assert unit.next_retry is not None and unit.next_retry - pair.clock.t >= 59
+    first_wait = unit.next_retry - pair.clock.t
+    for i in range(20):  # fast round trips from other messages
+        msg = send(pair, b"x", f"x{i}.txt")
+        pair.run(lambda m=msg: delivered(pair, m.id), steps=50, seconds=0.1)
+    (unit,) = st.units_of(lost.id)
+    assert unit.taken_at is not None and unit.next_retry is not None
+    assert unit.next_retry - unit.taken_at < first_wait - 15
+    pair.run(lambda: delivered(pair, lost.id), steps=200, seconds=0.5)

@@ -296,6 +296,10 @@ class Registry:
             raise RegistryError(f"registry at {self.url} stored blob {digest} as {stored}")
         return True
 
+    def open_upload(self, repo: str, size: int) -> Upload:
+        """Start a blob upload fed piece by piece (see Upload); one at a time per Registry."""
+        return Upload(self, check_repo(repo), size)
+
     def put_manifest(self, repo: str, reference: str, body: bytes, media_type: str) -> str:
         """Store a manifest under a tag (or its digest); returns its digest."""
         path = f"/v2/{quote(check_repo(repo))}/manifests/{_check_reference(reference)}"
@@ -462,6 +466,77 @@ class Registry:
         detail = f": {text}" if text else ""
         return RegistryError(f"registry at {self.url} refused {what}: HTTP {resp.status}"
                              f"{detail}", status=resp.status, codes=codes)
+
+
+class Upload:
+    """A blob upload written as the data arrives, that becomes a blob only on `commit`.
+
+    The bytes go in one PATCH while the caller is still checking them; until `commit` PUTs
+    the digest they sit in the registry's upload area, where no manifest can name them and
+    no pull can see them, and `cancel` drops them. That lets the gateway stream a layer
+    into the registry while it is decompressed and verified, instead of staging it on disk.
+    The PATCH holds the Registry's connection from creation to `close`.
+    """
+
+    def __init__(self, registry: Registry, repo: str, size: int) -> None:
+        self.registry, self.repo, self.size, self.sent = registry, repo, size, 0
+        self.location: str | None = registry._start_upload(repo)
+        self.staged: str | None = None
+        self._conn = registry._connection()
+        try:
+            self._conn.putrequest("PATCH", _location_path(self.location),
+                                  skip_accept_encoding=True)
+            self._conn.putheader("User-Agent", "outpost-gateway")
+            self._conn.putheader("Content-Type", "application/octet-stream")
+            self._conn.putheader("Content-Length", str(size))
+            self._conn.endheaders()
+        except (OSError, http.client.HTTPException) as e:
+            raise self._broken(e) from e
+
+    def write(self, data: bytes) -> None:
+        if self.sent + len(data) > self.size:
+            raise RegistryError(f"upload to {self.repo}: more than the {self.size} bytes "
+                                "announced")
+        try:
+            self._conn.send(data)
+        except OSError as e:
+            raise self._broken(e) from e
+        self.sent += len(data)
+
+    def close(self) -> None:
+        """The last byte was written: read the registry's answer to the PATCH."""
+        if self.sent != self.size:
+            self.registry.close()
+            raise RegistryError(f"upload to {self.repo} ended after {self.sent} of "
+                                f"{self.size} bytes")
+        try:
+            resp = self.registry._read(self._conn.getresponse())
+        except (OSError, http.client.HTTPException) as e:
+            raise self._broken(e) from e
+        self.staged = resp.headers.get("Location")
+        if resp.status != 202 or not self.staged:
+            raise self.registry._refused(f"upload of {self.size} bytes to {self.repo}", resp)
+
+    def commit(self, digest: str) -> None:
+        """Make the uploaded bytes the blob `digest`; the registry checks the digest."""
+        if self.staged is None:
+            raise RegistryError(f"upload to {self.repo} was not finished before commit")
+        split = urlsplit(self.staged)
+        query = (split.query + "&" if split.query else "") + urlencode(
+            {"digest": check_digest(digest)})
+        resp = self.registry._request("PUT", f"{split.path}?{query}", body=b"")
+        if resp.status != 201:
+            self.cancel()
+            raise self.registry._refused(f"upload of blob {digest} to {self.repo}", resp)
+        self.staged = self.location = None
+
+    def cancel(self) -> None:
+        self.registry._cancel_upload(self.staged or self.location)
+        self.staged = self.location = None
+
+    def _broken(self, err: OSError | http.client.HTTPException) -> RegistryError:
+        self.registry.close()
+        return self.registry._unreachable(err)
 
 
 def _location_path(location: str) -> str:

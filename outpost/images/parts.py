@@ -10,12 +10,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 from ..errors import MalformedBundle, RefusedContent
 from ..release.manifest import DIGEST, ImageFacts
 
 MAX_CONFIG = 8 * 1024 * 1024
+
+
+class Sink(Protocol):
+    """Where a part's bytes go: a file, a registry upload, or nowhere."""
+
+    def write(self, data: bytes, /) -> object: ...
+    def close(self) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -73,11 +80,11 @@ class PartSplitter:
     link) by letting the bundle's own sha256 check finish.
     """
 
-    def __init__(self, parts: list[Part], open_part: Callable[[str], BinaryIO]) -> None:
+    def __init__(self, parts: list[Part], open_part: Callable[[str], Sink]) -> None:
         self.parts, self.open_part = parts, open_part
         self.index, self.left = -1, 0
         self.sha = hashlib.sha256()
-        self.out: BinaryIO | None = None
+        self.out: Sink | None = None
         self.bad: list[str] = []
         self._next()
 
@@ -108,7 +115,7 @@ class PartSplitter:
             if self.out is None:
                 raise MalformedBundle("image payload is longer than its parts",
                                       reason="bad-image")
-            take = view[: self.left]
+            take = bytes(view[: self.left])
             self.out.write(take)
             self.sha.update(take)
             self.left -= len(take)

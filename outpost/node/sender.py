@@ -199,10 +199,31 @@ class Sender:
         return list(units.values())
 
     def _observe(self, peer: str, now: float, samples: list[float]) -> None:
-        est = self.node.state.rtt(peer, self.settings.rtt)
+        s = self.settings
+        est = self.node.state.rtt(peer, s.rtt)
+        old_rto = est.rto(s.min_rto, s.rto_cap)
         for sample in samples:
             est.observe(sample)
         self.node.state.save_rtt(peer, est, last_ack=now)
+        rto = est.rto(s.min_rto, s.rto_cap)
+        if rto < old_rto:
+            self._shorten_timers(peer, rto)
+
+    def _shorten_timers(self, peer: str, rto: float) -> None:
+        """The round trip came down (a backlog at the peer cleared): bring forward timers set
+        under the old estimate, so a bundle lost meanwhile is not waited for needlessly.
+        The peer is acking, so its retries are treated as random loss. Never postpones."""
+        s = self.settings
+        changes = []
+        for u in self.node.state.units(peer, FLIGHT):
+            if u.taken_at is None or u.next_retry is None:
+                continue
+            due = u.taken_at + retry_delay(rto, u.attempts, s.backoff, s.rto_cap,
+                                           self._serialisation(u.size), peer_alive=True)
+            if due < u.next_retry:
+                changes.append((u.id, {"next_retry": due}))
+        if changes:
+            self.node.state.set_units(changes)
 
     def send_ack(self, peer: str, ids: list[str]) -> None:
         """Acks are not kept in custody: a lost ack is repaired by the resent bundle."""

@@ -7,15 +7,15 @@ import io
 import os
 import shutil
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import msgpack
 
 from ..codec import EXPEDITED, Header, read_payload
 from ..errors import BundleError, ConfigError
-from ..gateway.importer import Gateway
-from ..gateway.registry import Registry
-from ..images.parts import ImagePayload, PartSplitter
+from ..gateway.importer import Gateway, check_config
+from ..gateway.registry import Registry, Upload, image_ref_parts
+from ..images.parts import ImagePayload, PartSplitter, Sink
 from ..node.context import Node, log
 from ..node.handlers import Handler, stream_to_part
 from ..node.sender import Sender
@@ -134,16 +134,41 @@ class Outpost(Role):
         self.check_ready()
 
     def _stage(self, path: Path, payload: ImagePayload, staging: Path) -> dict[str, Path]:
-        files: dict[str, Path] = {}
+        """Decode the bundle once: the config to a file, each layer the registry lacks
+        straight into an upload, each checked against its digest on the way.
 
-        def open_part(digest: str) -> BinaryIO:
-            files[digest] = staging / digest.replace(":", "-")
-            return open(files[digest], "wb")
+        Uploads become blobs only after the bundle's sha256 and every part's digest have
+        checked out; on any failure they are cancelled, so nothing refused ever becomes a
+        blob, a manifest or a tag. Returns the files staged (the config).
+        """
+        assert self.gateway is not None
+        registry, facts = self.gateway.registry, payload.facts
+        repo, _tag = image_ref_parts(facts.ref)
+        sizes = {p.digest: p.size for p in payload.parts()}
+        config = staging / facts.image_id.replace(":", "-")
+        uploads: dict[str, Upload] = {}
 
-        splitter = PartSplitter(payload.parts(), open_part)
-        read_payload(path, self.node.state.keyring(), self.node.limits, splitter.feed)
-        splitter.finish()
-        return files
+        def open_part(digest: str) -> Sink:
+            if digest == facts.image_id:
+                return open(config, "wb")
+            check_config(facts, config)  # the config part is complete before any layer
+            if digest in uploads or registry.has_blob(repo, digest):
+                return _Discard()
+            uploads[digest] = registry.open_upload(repo, sizes[digest])
+            return uploads[digest]
+
+        try:
+            splitter = PartSplitter(payload.parts(), open_part)
+            read_payload(path, self.node.state.keyring(), self.node.limits, splitter.feed)
+            splitter.finish()
+            check_config(facts, config)
+            for digest, upload in uploads.items():
+                upload.commit(digest)
+        except BaseException:
+            for upload in uploads.values():
+                upload.cancel()
+            raise
+        return {facts.image_id: config}
 
     # telling Earth
     def on_refused(self, header: Header, error: BundleError) -> None:
@@ -165,3 +190,13 @@ class Outpost(Role):
     def report(self, peer: str, event: str, release: str | None, **detail: Any) -> None:
         self.sender.submit(peer, "report", None, priority=EXPEDITED,
                            meta={"event": event, "release": release, **detail})
+
+
+class _Discard:
+    """Where a layer the registry already holds goes: checked, then dropped."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
