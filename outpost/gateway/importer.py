@@ -1,9 +1,10 @@
 """The outpost's gateway: verified image parts into the registry, no Docker daemon needed.
 
-Everything is checked before the first byte goes to the registry: each part against its
-digest (by the caller, while staging), and here the config's layer list against the
-image's. Layers are stored uncompressed, so a blob's digest is its diff_id and the
-registry itself says which layers the outpost holds.
+Nothing unverified becomes a blob: the caller streams layers into uploads it commits only
+once every digest checked out (roles/outpost.py), or hands over staged files it checked;
+here the config's layer list is checked against the image's before anything is pushed.
+Layers are stored uncompressed, so a blob's digest is its diff_id and the registry itself
+says which layers the outpost holds.
 """
 
 from __future__ import annotations
