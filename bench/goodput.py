@@ -440,7 +440,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1, help="link-sim --seed and payload seed "
                     "(default 1)")
     ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                    help="node [delivery] setting overriding the defaults below (repeatable)")
+                    help="node [delivery] setting, added to or overriding the defaults "
+                    "(rtt = 2 × latency + 200ms, bandwidth = --bandwidth); repeatable")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--keep", action="store_true", help="keep each run's temporary directory "
                     "(homes, node.log, link.log, link-stats.json) for inspection")

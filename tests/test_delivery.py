@@ -33,7 +33,7 @@ def test_retry_backs_off_and_adds_serialisation() -> None:
 
 
 def test_acks_wait_for_the_delay_then_come_as_one_batch() -> None:
-    b = AckBatcher(delay=1.0, batch=100, echo=False)
+    b = AckBatcher(delay=1.0, batch=100, echoes=0)
     b.add("mars", "a", now=0.0)
     b.add("mars", "b", now=0.5)
     b.add("mars", "a", now=0.6)
@@ -44,7 +44,7 @@ def test_acks_wait_for_the_delay_then_come_as_one_batch() -> None:
 
 
 def test_a_full_batch_goes_at_once_and_splits() -> None:
-    b = AckBatcher(delay=60.0, batch=3, echo=False)
+    b = AckBatcher(delay=60.0, batch=3, echoes=0)
     for i in range(7):
         b.add("mars", str(i), now=0.0)
     assert b.due(0.0) == [("mars", ["0", "1", "2"]), ("mars", ["3", "4", "5"]),
@@ -59,12 +59,12 @@ def test_retries_stay_close_while_the_peer_is_acking() -> None:
 
 def test_peer_is_alive_only_with_a_recent_ack() -> None:
     assert not peer_alive(None, 100.0, 5.0)
-    assert peer_alive(95.0, 100.0, 5.0)
-    assert not peer_alive(80.0, 100.0, 5.0)
+    assert peer_alive(85.0, 100.0, 5.0)
+    assert not peer_alive(75.0, 100.0, 5.0)
 
 
 def test_every_id_is_acked_again_in_the_next_batch_once() -> None:
-    b = AckBatcher(delay=1.0, batch=100)
+    b = AckBatcher(delay=1.0, batch=100, echoes=1)
     b.add("mars", "a", now=0.0)
     assert b.due(1.0) == [("mars", ["a"])]
     b.add("mars", "b", now=1.5)
@@ -75,10 +75,22 @@ def test_every_id_is_acked_again_in_the_next_batch_once() -> None:
 
 
 def test_a_fresh_id_is_not_downgraded_to_an_echo() -> None:
-    b = AckBatcher(delay=1.0, batch=100)
+    b = AckBatcher(delay=1.0, batch=100, echoes=1)
     b.add("mars", "a", now=0.0)
     b.due(1.0)
     b.add("mars", "a", now=1.2)  # a duplicate arrived: ack it, and echo that ack too
     assert b.due(2.0) == [("mars", ["a"])]
     assert b.due(3.0) == [("mars", ["a"])]
     assert b.due(4.0) == []
+
+
+def test_two_echoes_by_default_and_force_sends_everything_now() -> None:
+    b = AckBatcher(delay=10.0, batch=100)
+    b.add("mars", "a", now=0.0)
+    assert b.due(0.0) == []
+    assert b.due(0.0, force=True) == [("mars", ["a"])]
+    assert b.due(0.0, force=True) == [("mars", ["a"])]
+    assert b.due(0.0, force=True) == [("mars", ["a"])]
+    assert b.due(0.0, force=True) == []
+    b.add("mars", "b", now=1.0)
+    assert b.next_due() == 11.0, "forcing must not leave a batch that is never due"

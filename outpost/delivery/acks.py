@@ -11,37 +11,37 @@ class AckBatcher:
 
     A batch is due `delay` seconds after its first id arrived, or at once when it holds
     `batch` ids, so a burst of fragments costs one ack and a lone message waits little.
-    Each id is acked twice (`echo`): once in its own batch and again in the next one, so
-    losing one ack bundle, which names hundreds of bundles, does not make the sender
-    resend them all.
+    Each id is acked again in the next `echoes` batches: losing one ack bundle, which names
+    hundreds of bundles, then does not make the sender resend them all.
     """
 
     delay: float
     batch: int
-    echo: bool = True
-    _pending: dict[str, dict[str, bool]] = field(default_factory=dict)  # id -> is an echo
+    echoes: int = 2
+    _pending: dict[str, dict[str, int]] = field(default_factory=dict)  # id -> echoes left
     _since: dict[str, float] = field(default_factory=dict)
 
-    def add(self, peer: str, bundle_id: str, now: float, *, is_echo: bool = False) -> None:
+    def add(self, peer: str, bundle_id: str, now: float, *, echoes: int | None = None) -> None:
         ids = self._pending.setdefault(peer, {})
-        ids[bundle_id] = ids.get(bundle_id, True) and is_echo
+        left = self.echoes if echoes is None else echoes
+        ids[bundle_id] = max(ids.get(bundle_id, 0), left)
         self._since.setdefault(peer, now)
 
-    def due(self, now: float) -> list[tuple[str, list[str]]]:
-        """Take the batches that are due: (peer, ids), each at most `batch` ids long."""
+    def due(self, now: float, *, force: bool = False) -> list[tuple[str, list[str]]]:
+        """Take the batches that are due (all of them with `force`): (peer, ids), each at
+        most `batch` ids long."""
         out: list[tuple[str, list[str]]] = []
         for peer in list(self._pending):
             ids = self._pending[peer]
-            if len(ids) < self.batch and now < self._since[peer] + self.delay:
+            if not force and len(ids) < self.batch and now < self._since[peer] + self.delay:
                 continue
             del self._pending[peer], self._since[peer]
             items = list(ids.items())
             for i in range(0, len(items), self.batch):
                 out.append((peer, [bundle_id for bundle_id, _ in items[i:i + self.batch]]))
-            if self.echo:
-                for bundle_id, was_echo in items:
-                    if not was_echo:
-                        self.add(peer, bundle_id, now, is_echo=True)
+            for bundle_id, left in items:
+                if left > 0:
+                    self.add(peer, bundle_id, now, echoes=left - 1)
         return out
 
     def next_due(self) -> float | None:

@@ -59,5 +59,6 @@ def retry_delay(base_rto: float, attempts: int, backoff: float, max_rto: float,
 
 
 def peer_alive(last_ack: float | None, now: float, rto: float) -> bool:
-    """The peer acked something within the last two RTOs."""
-    return last_ack is not None and now - last_ack <= 2 * rto
+    """The peer acked something within the last few RTOs (as long as a gentle retry may
+    wait), so a tail of losses after the other bundles were acked still counts as loss."""
+    return last_ack is not None and now - last_ack <= ALIVE_CAP * rto

@@ -178,8 +178,7 @@ class Daemon:
             self._next_housekeeping = now + HOUSEKEEPING
 
     def flush_acks(self, force: bool = False) -> None:
-        now = float("inf") if force else self.node.clock()
-        for peer, ids in self.acks.due(now):
+        for peer, ids in self.acks.due(self.node.clock(), force=force):
             self.sender.send_ack(peer, ids)
 
     def rescan(self) -> None:

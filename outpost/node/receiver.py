@@ -177,10 +177,15 @@ class Receiver:
         for path, h in batch:
             self.acks.add(h.src, h.id, now)
             path.unlink(missing_ok=True)
-        for parent in parents:
-            row = self.node.state.reasm(parent)
-            if row is not None and row["received"] == row["count"]:
-                self.complete(parent)
+        full = [p for p in parents if (row := self.node.state.reasm(p)) is not None
+                and row["received"] == row["count"]]
+        if full:
+            # Ack the last fragments before the (long) verification of the whole bundle,
+            # or the sender's timers run out meanwhile and it resends them.
+            for peer, ids in self.acks.due(now, force=True):
+                self.sender.send_ack(peer, ids)
+        for parent in full:
+            self.complete(parent)
 
     def reasm_path(self, parent: str) -> Path:
         return self.node.home.spool / "reasm" / f"{parent}.opb"
