@@ -43,10 +43,6 @@ def head_bytes(header: Header, seed: bytes) -> bytes:
     return signed + nacl.signing.SigningKey(seed).sign(signed).signature
 
 
-def bundle_size(header: Header) -> int:
-    return PREFIX.size + len(encode_header(header)) + SIG_LEN + header.payload.length
-
-
 def public_key(seed: bytes) -> bytes:
     key: bytes = nacl.signing.SigningKey(seed).verify_key.encode()
     return key

@@ -62,14 +62,6 @@ class FileHandler:
         return [(str(part), str(final))]
 
 
-class Discard:
-    """Kinds that carry nothing to keep once verified (status pings, tests)."""
-
-    def prepare(self, node: Node, header: Header, path: Path) -> Renames:
-        read_payload(path, node.state.keyring(), node.limits, lambda _chunk: None)
-        return []
-
-
 def ack_ids(header: Header) -> list[str]:
     ids = header.meta.get("ids")
     if not isinstance(ids, list) or len(ids) > 10_000 or not all(
@@ -79,4 +71,4 @@ def ack_ids(header: Header) -> list[str]:
 
 
 def default_handlers() -> dict[str, Handler]:
-    return {"file": FileHandler(), "ping": Discard()}
+    return {"file": FileHandler()}

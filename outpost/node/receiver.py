@@ -129,8 +129,10 @@ class Receiver:
         frag = header.fragment
         assert frag is not None
         key = (frag.parent, frag.index)
-        if (self.node.state.seen(frag.parent) is not None or key in self._stored_keys
-                or self.node.state.has_part(*key)):
+        if key in self._stored_keys:
+            path.unlink(missing_ok=True)  # its twin is stored; acked once that is durable
+            return
+        if self.node.state.seen(frag.parent) is not None or self.node.state.has_part(*key):
             self.acks.add(header.src, header.id, self.node.clock())
             path.unlink(missing_ok=True)
             return

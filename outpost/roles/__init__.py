@@ -21,7 +21,7 @@ MAX_CONTROL_PAYLOAD = 16 * 1024 * 1024
 
 
 class Role:
-    """The bus on its own: the `file` and `ping` kinds, nothing periodic."""
+    """The bus on its own: the `file` kind, nothing periodic."""
 
     def handlers(self) -> dict[str, Handler]:
         return default_handlers()
