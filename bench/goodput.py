@@ -40,7 +40,6 @@ import platform
 import random
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -48,37 +47,22 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.procs import BenchError, Processes, tool  # noqa: E402
 from outpost.units import format_duration, format_size, parse_duration, parse_size  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "goodput.json"
-BIN = Path(sys.executable).parent
 MiB = 1024 * 1024
 TARGETS = {0.0: 1.15, 0.1: 1.3}
 POLL = 0.05
-STOP_TIMEOUT = 20.0
 READY_TIMEOUT = 30.0
 PAYLOAD_NAME = "payload.bin"
 # mars's [outpost] table: no release sync during the measurement (see quiet_outpost)
 OUTPOST_TABLE: dict[str, bool | str] = {"sync_on_start": False, "sync_interval": "0s"}
-
-
-class BenchError(Exception):
-    """Something hung, died or came out wrong: the run fails loudly."""
-
-
-def tool(name: str) -> str:
-    found = BIN / name
-    if found.exists():
-        return str(found)
-    which = shutil.which(name)
-    if which is None:
-        raise SystemExit(f"{name} not found next to {sys.executable} nor on PATH")
-    return which
 
 
 def node_settings(latency: float, bandwidth: str, extra: list[str]) -> dict[str, str]:
@@ -149,20 +133,12 @@ def run_cli(*args: str) -> str:
 
 
 @dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-
-@dataclass
 class Rig:
     """One loss rate's temporary world: two homes, two nodes, one link-sim."""
 
     root: Path
     verbose: bool
-    procs: list[Proc] = field(default_factory=list)
-    _files: list[IO[bytes]] = field(default_factory=list)
+    processes: Processes = field(default_factory=Processes)
 
     @property
     def earth(self) -> Path:
@@ -184,21 +160,8 @@ class Rig:
         run_cli("trust", "--home", str(self.earth), str(self.mars))
         run_cli("trust", "--home", str(self.mars), str(self.earth))
 
-    def spawn(self, name: str, args: list[str], log: Path) -> None:
-        out = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self._files.append(out)
-        popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL)
-        self.procs.append(Proc(name, popen, log))
-
     def start(self, link_flags: list[str]) -> None:
-        v = ["-v"] if self.verbose else []
-        for home, role in ((self.earth, "earth"), (self.mars, "outpost")):
-            self.spawn(home.name, [tool("outpost-node"), "start", "--role", role, "--home",
-                                   str(home), *v], home / "stderr.log")
-        self.spawn("link-sim", [tool("link-sim"), "--a", str(self.earth), "--b", str(self.mars),
-                                "--state", str(self.root / "link"), "--stats", str(self.stats),
-                                *link_flags, *v], self.root / "link.log")
+        self.processes.start_site(self.earth, self.mars, self.root, link_flags, self.verbose)
         deadline = time.monotonic() + READY_TIMEOUT
         while not self._ready():
             self.check_alive()
@@ -206,6 +169,12 @@ class Rig:
                 raise BenchError(f"nodes or link-sim not ready after {READY_TIMEOUT:.0f}s "
                                  f"(see {self.root})")
             time.sleep(0.1)
+
+    def check_alive(self) -> None:
+        self.processes.check_alive()
+
+    def stop(self) -> list[str]:
+        return self.processes.stop()
 
     def _ready(self) -> bool:
         for home in (self.earth, self.mars):
@@ -217,43 +186,6 @@ class Rig:
         except (OSError, ValueError):
             return False
         return all(stats.get(d, {}).get("from") for d in ("a->b", "b->a"))
-
-    def check_alive(self) -> None:
-        for p in self.procs:
-            code = p.popen.poll()
-            if code is not None:
-                raise BenchError(f"{p.name} exited with {code} during the run:\n"
-                                 + tail(p.log))
-
-    def stop(self) -> list[str]:
-        """SIGTERM everything, wait; returns the problems (none when all stopped cleanly)."""
-        problems = []
-        for p in self.procs:
-            if p.popen.poll() is None:
-                p.popen.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                code = p.popen.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                p.popen.kill()
-                p.popen.wait()
-                problems.append(f"{p.name} did not stop within {STOP_TIMEOUT:.0f}s of SIGTERM")
-                continue
-            if code != 0:
-                problems.append(f"{p.name} exited with {code}")
-        self.procs.clear()
-        for f in self._files:
-            f.close()
-        self._files.clear()
-        return problems
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
 
 def sending_count(db: Path) -> int:
     """Messages earth still holds in custody (read-only; the node keeps the db in WAL)."""

@@ -69,7 +69,6 @@ import platform
 import random
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -79,7 +78,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -87,12 +86,12 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 import zstandard  # noqa: E402
 
+from bench.procs import BenchError, Processes, read_text, tool  # noqa: E402
 from outpost.gateway.registry import Registry, image_ref_parts  # noqa: E402
 from tests.images import APP_CMD, build_image, busybox_base  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "releases.json"
 SERVICES = [sys.executable, str(ROOT / "scripts" / "services.py")]
-BIN = Path(sys.executable).parent
 GNU_TIME = "/usr/bin/time"
 KiB, MiB = 1024, 1024 * 1024
 LATENCY = "100ms"
@@ -105,7 +104,6 @@ READY_TIMEOUT = 30.0
 RELEASE_TIMEOUT = 300.0
 SETTLE_TIMEOUT = 120.0
 SETTLE_STABLE = 2.0
-STOP_TIMEOUT = 20.0
 IMPORT_TIMEOUT = 1800.0
 POLL = 0.2
 
@@ -146,22 +144,8 @@ print(json.dumps({"import_s": t1 - t0, "process_s": t1 - t_start, "vmhwm_kib": h
 """
 
 
-class BenchError(Exception):
-    """Something hung, died or came out wrong: the benchmark fails loudly."""
-
-
 def say(msg: str) -> None:
     print(f"[releases] {msg}", file=sys.stderr, flush=True)
-
-
-def tool(name: str) -> str:
-    found = BIN / name
-    if found.exists():
-        return str(found)
-    which = shutil.which(name)
-    if which is None:
-        raise SystemExit(f"{name} not found next to {sys.executable} nor on PATH")
-    return which
 
 
 def run(args: list[str], env: dict[str, str] | None = None, *,
@@ -338,21 +322,16 @@ def git(repo: Path, *args: str) -> str:
 
 
 @dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-
-@dataclass
 class Site:
     """An earth home and an outpost home (mars) that trust each other, and their processes."""
 
     root: Path
     env: dict[str, str]
     verbose: bool = False
-    procs: list[Proc] = field(default_factory=list)
-    _files: list[IO[bytes]] = field(default_factory=list)
+    processes: Processes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.processes = Processes(self.env)
 
     @property
     def earth(self) -> Path:
@@ -391,21 +370,9 @@ class Site:
         git(repo, "commit", "-qam", message)
         return git(repo, "rev-parse", "HEAD").strip()
 
-    def spawn(self, name: str, args: list[str], log: Path) -> None:
-        out = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self._files.append(out)
-        popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, env=self.env)
-        self.procs.append(Proc(name, popen, log))
-
     def start(self) -> None:
-        v = ["-v"] if self.verbose else []
-        for home, role in ((self.earth, "earth"), (self.mars, "outpost")):
-            self.spawn(home.name, [tool("outpost-node"), "start", "--role", role, "--home",
-                                   str(home), *v], home / "stderr.log")
-        self.spawn("link-sim", [tool("link-sim"), "--a", str(self.earth), "--b", str(self.mars),
-                                "--state", str(self.root / "link"), "--stats", str(self.stats),
-                                "--latency", LATENCY, *v], self.root / "link.log")
+        self.processes.start_site(self.earth, self.mars, self.root, ["--latency", LATENCY],
+                                  self.verbose)
         wait_for(self._ready, READY_TIMEOUT, "nodes and link-sim to start", self.check_alive)
 
     def _ready(self) -> bool:
@@ -428,10 +395,7 @@ class Site:
                 for d in ("a->b", "b->a") for what in ("bytes", "count")}
 
     def check_alive(self) -> None:
-        for p in self.procs:
-            code = p.popen.poll()
-            if code is not None:
-                raise BenchError(f"{p.name} exited with {code}:\n{tail(p.log)}")
+        self.processes.check_alive()
 
     def status(self, home: Path) -> dict[str, Any]:
         return dict(self.cli("status", "--home", str(home)))
@@ -466,41 +430,13 @@ class Site:
             time.sleep(0.5)
 
     def stop(self) -> list[str]:
-        problems = []
-        for p in self.procs:
-            if p.popen.poll() is None:
-                p.popen.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                code = p.popen.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                p.popen.kill()
-                p.popen.wait()
-                problems.append(f"{p.name} did not stop within {STOP_TIMEOUT:.0f}s of SIGTERM")
-                continue
-            if code != 0:
-                problems.append(f"{p.name} exited with {code}")
-        self.procs.clear()
-        for f in self._files:
-            f.close()
-        self._files.clear()
+        problems = self.processes.stop()
         for home in (self.earth, self.mars):
             bad = [line for line in read_text(home / "node.log").splitlines()
                    if " ERROR " in line or "Traceback" in line]
             if bad:
                 problems.append(f"{home.name} logged errors: {bad[:3]}")
         return problems
-
-
-def read_text(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    return "\n".join(read_text(path).splitlines()[-lines:]) or "(no log)"
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str,
