@@ -6,6 +6,7 @@ ImageFacts/Release or a MalformedBundle with reason bad-release out.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -259,3 +260,18 @@ def test_image_facts_refuse_a_ref_that_is_no_image_name(ref: str) -> None:
     with pytest.raises(MalformedBundle) as info:
         ImageFacts.from_meta({**FACTS, "ref": ref})
     assert info.value.reason == "bad-release"
+
+
+@pytest.mark.parametrize("text, where", [
+    ('typo = 1\n', "outpost.toml"),
+    ('[[images]]\nref = "a:1"\ntag = "x"\n', "images[0]"),
+    ('[[images]]\nref = "a:1"\n[apply]\napplier = "command"\ncommand = ["x"]\nhelth = 1\n',
+     "apply"),
+    ('[[images]]\nref = "a:1"\n[[services]]\nname = "a"\nimage = "a:1"\nport = []\n',
+     "services[0]"),
+    ('[[images]]\nref = "a:1"\n[[services]]\nname = "a"\nimage = "a:1"\n'
+     '[services.health]\nretry = 3\n', "services[0].health"),
+])
+def test_a_misspelt_key_is_refused_not_ignored(text: str, where: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{re.escape(where)}: unknown key"):
+        parse_release_config(text)

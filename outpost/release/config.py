@@ -60,7 +60,11 @@ def parse_release_config(text: str, source: str = "outpost.toml") -> ReleaseConf
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
     ctx = _Ctx(source)
-    images = [ctx.ref(i, f"images[{n}]") for n, i in enumerate(ctx.tables(data, "images"))]
+    ctx.known(data, "outpost.toml", {"images", "apply", "services"})
+    images = []
+    for n, table in enumerate(ctx.tables(data, "images")):
+        ctx.known(table, f"images[{n}]", {"ref"})
+        images.append(ctx.ref(table, f"images[{n}]"))
     if len(set(images)) != len(images):
         raise ConfigError(f"{source}: an image is listed twice in [[images]]")
     apply = ctx.apply(data.get("apply", {}))
@@ -97,6 +101,12 @@ class _Ctx:
             raise self.fail(key, f"must be an array of tables ([[{key}]])")
         return value
 
+    def known(self, table: dict[str, Any], where: str, keys: set[str]) -> None:
+        """A misspelt key would silently fall back to a default: refuse it instead."""
+        unknown = sorted(set(table) - keys)
+        if unknown:
+            raise self.fail(where, f"unknown key {unknown[0]!r} (known: {', '.join(sorted(keys))})")
+
     def ref(self, table: dict[str, Any], where: str) -> str:
         ref = table.get("ref")
         if not isinstance(ref, str) or not _REF.match(ref):
@@ -118,6 +128,7 @@ class _Ctx:
     def apply(self, t: Any) -> Apply:
         if not isinstance(t, dict):
             raise self.fail("apply", "must be a table")
+        self.known(t, "apply", {"applier", "command", "workdir", "timeout", "env"})
         applier = t.get("applier", "docker")
         if applier not in APPLIERS:
             raise self.fail("apply.applier", f"must be one of {', '.join(APPLIERS)}")
@@ -129,6 +140,7 @@ class _Ctx:
 
     def service(self, t: dict[str, Any], n: int) -> Service:
         where = f"services[{n}]"
+        self.known(t, where, {"name", "image", "command", "env", "network", "ports", "health"})
         name = t.get("name")
         if not isinstance(name, str) or not _SERVICE.match(name):
             raise self.fail(where, f"name must be plain (got {name!r})")
@@ -150,6 +162,7 @@ class _Ctx:
         if not isinstance(t, dict):
             raise self.fail(f"{where}.health", "must be a table")
         where = f"{where}.health"
+        self.known(t, where, {"command", "interval", "retries", "timeout"})
         retries = t.get("retries", 15)
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise self.fail(f"{where}.retries", "must be a whole number, 0 or more")
