@@ -67,7 +67,6 @@ import json
 import os
 import platform
 import random
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -88,6 +87,7 @@ import zstandard  # noqa: E402
 
 from bench.procs import BenchError, Processes, read_text, tool  # noqa: E402
 from outpost.gateway.registry import Registry, image_ref_parts  # noqa: E402
+from tests.conftest import read_env_file  # noqa: E402
 from tests.images import APP_CMD, build_image, busybox_base  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "releases.json"
@@ -156,16 +156,6 @@ def run(args: list[str], env: dict[str, str] | None = None, *,
         raise BenchError(f"{' '.join(args[:4])} ... failed ({proc.returncode}): "
                          f"{proc.stderr.strip()[-2000:]}")
     return proc.stdout
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text().splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            key, value = words[1].split("=", 1)
-            values[key] = value
-    return values
 
 
 # ------------------------------------------------------------------ services
