@@ -35,6 +35,17 @@ def read_text(path: Path) -> str:
         return ""
 
 
+def log_problems(homes: list[Path]) -> list[str]:
+    """Errors and tracebacks the nodes logged: our faults, never the link's."""
+    problems = []
+    for home in homes:
+        bad = [line for line in read_text(home / "node.log").splitlines()
+               if " ERROR " in line or "Traceback" in line]
+        if bad:
+            problems.append(f"{home.name} logged errors: {bad[:3]}")
+    return problems
+
+
 def tail(path: Path, lines: int = 15) -> str:
     return "\n".join(read_text(path).splitlines()[-lines:]) or "(no log)"
 

@@ -16,7 +16,7 @@
    EARTH`, wait until mars's `status --json` shows the commit "ready", then until both nodes
    hold nothing "sending" and link-sim has nothing queued or in flight (stable for 2 s), and
    take the deltas of link-sim's `offered` counters: a->b (bundles, fragments, acks of mars's
-   reports) and b->a (acks and the reports "release-received" and "image-imported").
+   reports) and b->a (acks, and mars's report that the release was applied).
    Next to it: `docker save` of the whole image (what the original design sent each time)
    and `docker save | zstd -3`, and the floor: zstd -3 of what is new to the outpost (the
    config and the new layers). Target (the e2e test's budget, issue 3): Outpost a->b <=
@@ -85,7 +85,7 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 import zstandard  # noqa: E402
 
-from bench.procs import BenchError, Processes, read_text, tool  # noqa: E402
+from bench.procs import BenchError, Processes, log_problems, read_text, tool  # noqa: E402
 from outpost.gateway.registry import Registry, image_ref_parts  # noqa: E402
 from tests.conftest import read_env_file  # noqa: E402
 from tests.images import APP_CMD, build_image, busybox_base  # noqa: E402
@@ -420,13 +420,7 @@ class Site:
             time.sleep(0.5)
 
     def stop(self) -> list[str]:
-        problems = self.processes.stop()
-        for home in (self.earth, self.mars):
-            bad = [line for line in read_text(home / "node.log").splitlines()
-                   if " ERROR " in line or "Traceback" in line]
-            if bad:
-                problems.append(f"{home.name} logged errors: {bad[:3]}")
-        return problems
+        return self.processes.stop() + log_problems([self.earth, self.mars])
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str,

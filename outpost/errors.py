@@ -13,6 +13,11 @@
     │   └── RefusedContent        arrived intact as signed, but what it says is refused
     │                             (history rewrite, a layer that is not its diff_id): the
     │                             receiver acks it so the sender stops, and reports it
+    ├── ApplyFailed               a release did not come up at the outpost (a service that
+    │   │                         does not start or is unhealthy, a command that failed):
+    │   │                         rolled back or failed, recorded and reported to Earth
+    │   └── ImagesMissing         an image the apply needs is not in the registry: the
+    │                             outpost asks Earth for it and retries when it arrives
     └── LocalError                our own fault: configuration, state, disk
         ├── ConfigError           the home, node.toml or outpost.toml is missing or wrong
         ├── StateError            the SQLite state cannot be read or written
@@ -85,6 +90,23 @@ class RefusedContent(BundleError):
     """
 
     reason = "refused"
+
+
+class ApplyFailed(OutpostError):
+    """A release did not come up: `service` (if one is to blame) and the reason."""
+
+    def __init__(self, message: str, *, service: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+
+
+class ImagesMissing(ApplyFailed):
+    """The apply needs images the outpost registry does not hold (`refs`, name:tag)."""
+
+    def __init__(self, refs: Sequence[str], message: str = "") -> None:
+        refs = sorted(set(refs))
+        super().__init__(message or "not in the outpost registry: " + ", ".join(refs))
+        self.refs = refs
 
 
 class LocalError(OutpostError):

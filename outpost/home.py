@@ -183,5 +183,6 @@ def write_node_toml(path: Path, name: str, role: str,
         f'role = "{role}"',
     ]
     for table, values in tables.items():
-        lines += ["", f"[{table}]", *(f'{k} = "{v}"' for k, v in values.items())]
+        if values or table == "delivery":
+            lines += ["", f"[{table}]", *(f'{k} = "{v}"' for k, v in values.items())]
     atomic_write_bytes(node_toml(path), ("\n".join(lines) + "\n").encode())

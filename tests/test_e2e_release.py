@@ -146,7 +146,7 @@ def zstd_size_of_layer(client: docker.DockerClient, ref: str, diff_id: str) -> i
 def test_v1_then_v2_crosses_only_the_new_app_layer(site: Site, docker_client: docker.DockerClient,
                                                    services: Services) -> None:
     base, app = f"{site.prefix}-base:1", f"{site.prefix}-app"
-    busybox_base(docker_client, base, extra_mb=30)
+    busybox_base(docker_client, base, extra_mb=10)
     app_image(docker_client, f"{app}:v1", base, "v1")
     v1 = site.commit([f"{app}:v1"], "release v1")
     site.start()

@@ -50,13 +50,15 @@ def test_the_project_example_parses() -> None:
     assert app.name == "app" and app.image == "outpost-demo/app:1.0"
     assert app.command == ["httpd", "-f", "-p", "8080", "-h", "/www"]
     assert app.network == "host" and app.env == {"GREETING": "hello from Earth"}
+    assert app.ports == ["8080"]
     assert app.health == Health(command=["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"],
-                                interval=2.0, retries=15, timeout=10.0)
+                                interval=1.0, retries=10, timeout=5.0)
 
 
 def test_a_full_docker_config() -> None:
     text = docker_config(
-        'command = "httpd -f -p 80"\nnetwork = "none"\nports = ["8080:80"]\n'
+        'command = "httpd -f -p 80"\nnetwork = "host"\nports = ["80", "53/udp"]\n'
+        'init = false\n'
         'env = { A = "1", B = 2 }\n'
         '[services.health]\ncommand = "true"\ninterval = "500ms"\nretries = 3\n'
         'timeout = 4\n',
@@ -66,15 +68,15 @@ def test_a_full_docker_config() -> None:
                               env={"X": "y"})
     assert cfg.services == [Service(
         name="web", image="app/web:1.0", command=["httpd", "-f", "-p", "80"],
-        env={"A": "1", "B": "2"}, network="none", ports=["8080:80"],
-        health=Health(command=["true"], interval=0.5, retries=3, timeout=4.0))]
+        env={"A": "1", "B": "2"}, network="host", ports=["80", "53/udp"],
+        health=Health(command=["true"], interval=0.5, retries=3, timeout=4.0), init=False)]
 
 
 def test_defaults() -> None:
     cfg = parse_release_config(docker_config())
     (svc,) = cfg.services
     assert svc.command is None and svc.env == {} and svc.network == "host"
-    assert svc.ports == [] and svc.health is None
+    assert svc.ports == [] and svc.health is None and svc.init is True
     assert cfg.apply.timeout == 600.0 and cfg.apply.workdir == "."
 
 
@@ -151,10 +153,29 @@ def test_a_service_image_without_a_tag_matches_its_latest_image() -> None:
     (docker_config('health = "wget -q http://x/"\n'), "services[0].health"),
     (docker_config('health = ["true"]\n'), "services[0].health"),
     (docker_config('[services.health]\ncommand = [true]\n'), "services[0].health.command"),
+    (docker_config('ports = ["8080:80"]\n'), "services[0].ports"),
+    (docker_config('ports = ["70000"]\n'), "services[0].ports"),
+    (docker_config('network = "none"\nports = ["80"]\n'), "services[0].ports"),
+    (docker_config('init = "yes"\n'), "services[0].init"),
+    (docker_config('[services.health]\nretries = 3\n'), "services[0].health"),
+    (docker_config('[services.health]\ncommand = ["true"]\nurl = "http://x/"\n'),
+     "services[0].health"),
+    (docker_config('[services.health]\nurl = "ftp://x/"\n'), "services[0].health.url"),
+    (docker_config('[services.health]\ncommand = ["true"]\nretries = 0\n'),
+     "services[0].health.retries"),
+    (IMAGE + '[apply]\n' + SERVICE + 'ports = ["80"]\n' + SERVICE.replace('"web"', '"api"')
+     + 'ports = ["80/tcp"]\n', "same port"),
 ])
 def test_bad_configs_are_refused_naming_the_field(text: str, names: str) -> None:
     message = refused(text)
     assert names in message, f"{names!r} not named in: {message}"
+
+
+def test_a_health_check_by_url() -> None:
+    cfg = parse_release_config(docker_config('[services.health]\nurl = "http://127.0.0.1:80/"\n'
+                                             'interval = "1s"\nretries = 5\n'))
+    assert cfg.services[0].health == Health(url="http://127.0.0.1:80/", interval=1.0,
+                                            retries=5, timeout=10.0)
 
 
 def test_a_missing_service_image_says_how_to_fix_it() -> None:

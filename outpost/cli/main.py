@@ -13,12 +13,11 @@ from ..codec import BULK, EXPEDITED, NORMAL
 from ..errors import BundleError, ConfigError, OutpostError
 from ..home import ROLES, load_home
 from ..node.context import open_node
-from ..node.daemon import Daemon
 from ..node.sender import Sender
 from ..node.setup import init_home, trust_peer
-from ..roles import make_role
 from ..store.spool import bundle_files, read_reason
 from ..units import parse_duration
+from .applies import apply_commands, apply_status, print_apply_status
 from .bundles import bundles
 from .output import age, emit_json, setup_logging, size, table
 from .releases import print_release_status, release_commands, release_status
@@ -26,6 +25,9 @@ from .releases import print_release_status, release_commands, release_status
 HOME = click.option("--home", required=True, type=click.Path(path_type=Path),
                     help="The node's home directory.")
 PRIORITIES = {"bulk": BULK, "normal": NORMAL, "expedited": EXPEDITED}
+DOCKER = click.option("--docker", metavar="URL",
+                      help="Outpost: the Docker daemon releases run on (default: DOCKER_HOST), "
+                           "e.g. unix:///var/run/docker.sock.")
 
 
 @click.group()
@@ -35,7 +37,7 @@ def cli() -> None:
 
 
 cli.add_command(bundles)
-for _command in release_commands:
+for _command in [*release_commands, *apply_commands]:
     cli.add_command(_command)
 
 
@@ -48,10 +50,12 @@ for _command in release_commands:
 @click.option("--template", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Earth: seed the config repo from this folder (default: the example).")
 @click.option("--registry", metavar="HOST:PORT", help="Outpost: the registry to import into.")
+@DOCKER
 def init(role: str, home: Path, name: str | None, settings: tuple[str, ...],
-         template: Path | None, registry: str | None) -> None:
+         template: Path | None, registry: str | None, docker: str | None) -> None:
     """Create a node home: keys, folders, state (and Earth's config repo)."""
-    h = init_home(home, role, name, _pairs(settings), template=template, registry=registry)
+    h = init_home(home, role, name, _pairs(settings), template=template, registry=registry,
+                  docker=docker)
     click.echo(f"{h.role} node {h.name!r} at {h.path}; public key {h.pub_file}")
 
 
@@ -84,18 +88,23 @@ def trust(home: Path, peer: Path) -> None:
               help="[delivery] setting for a home created now.")
 @click.option("--registry", metavar="HOST:PORT",
               help="Outpost: the registry the gateway imports images into.")
+@DOCKER
 @click.option("-v", "--verbose", is_flag=True, help="Log every bundle.")
 def start(role: str, home: Path, name: str | None, peers: tuple[Path, ...],
-          settings: tuple[str, ...], registry: str | None, verbose: bool) -> None:
+          settings: tuple[str, ...], registry: str | None, docker: str | None,
+          verbose: bool) -> None:
     """Run the node in the foreground until SIGINT or SIGTERM."""
-    h = init_home(home, role, name, _pairs(settings), registry=registry)
+    from ..node.daemon import Daemon  # the daemon's libraries only where it runs
+    from ..roles import make_role
+
+    h = init_home(home, role, name, _pairs(settings), registry=registry, docker=docker)
     if h.role != role:
         raise ConfigError(f"{h.path} is a {h.role} home, not {role}")
     for p in peers:
         trust_peer(h, p)
     setup_logging(h.name, h.path / "node.log", verbose)
     daemon = Daemon(open_node(h))
-    daemon.attach(make_role(daemon.node, daemon.sender, registry))
+    daemon.attach(make_role(daemon.node, daemon.sender, registry, docker))
     daemon.run()
 
 
@@ -158,7 +167,7 @@ def status_info(home: Any) -> dict[str, Any]:
             "sending": sending, "reassembling": reasm,
             "inbox_files": len(bundle_files(home.inbox)),
             "delivered_seen": len(st.q("SELECT id FROM seen")),
-            "quarantine": quarantined, **release_status(node)}
+            "quarantine": quarantined, **release_status(node), **apply_status(node)}
     st.close()
     return info
 
@@ -181,6 +190,7 @@ def _print_status(info: dict[str, Any]) -> None:
     for q in info["quarantine"][-5:]:
         click.echo(f"  {q['file']}: {q['reason']}: {q['error']}")
     print_release_status(info)
+    print_apply_status(info)
 
 
 def main() -> None:

@@ -13,12 +13,9 @@ from ..codec import MAGIC
 from ..errors import ConfigError, GitError
 from ..fsutil import atomic_writer
 from ..home import load_home
-from ..images.archive import stage_archive
 from ..node.context import Node, open_node
 from ..node.sender import Sender
 from ..release import git
-from ..roles.earth import Earth
-from ..roles.outpost import Outpost
 from ..store.releases import IMAGE, LAYER, ReleaseStore
 from .output import emit_json, size, table
 
@@ -27,7 +24,7 @@ HOME = click.option("--home", required=True, type=click.Path(path_type=Path),
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
-def _node(home: Path, role: str) -> Node:
+def node_of_role(home: Path, role: str) -> Node:
     h = load_home(home)
     if h.role != role:
         raise ConfigError(f"{h.path} is a {h.role} home; this command needs a {role} home")
@@ -40,7 +37,9 @@ def _node(home: Path, role: str) -> Node:
 @JSON
 def publish(home: Path, peers: tuple[str, ...], as_json: bool) -> None:
     """Send the release at the head of the config repo to the outposts."""
-    node = _node(home, "earth")
+    from ..roles.earth import Earth
+
+    node = node_of_role(home, "earth")
     results = Earth(node, Sender(node)).publish(list(peers) or None)
     _print_sent([r.to_json() for r in results], as_json)
 
@@ -52,7 +51,9 @@ def publish(home: Path, peers: tuple[str, ...], as_json: bool) -> None:
 @JSON
 def export(home: Path, peer: str, directory: Path, as_json: bool) -> None:
     """Write what would cross the link to DIRECTORY (for removable media) instead."""
-    node = _node(home, "earth")
+    from ..roles.earth import Earth
+
+    node = node_of_role(home, "earth")
     results = [r.to_json() for r in Earth(node, Sender(node)).publish([peer], via_link=False)]
     directory.mkdir(parents=True, exist_ok=True)
     for r in results:
@@ -82,7 +83,9 @@ def _print_sent(results: list[dict[str, Any]], as_json: bool) -> None:
 @JSON
 def sync(home: Path, as_json: bool) -> None:
     """Tell Earth what this outpost holds; Earth answers with everything it lacks."""
-    node = _node(home, "outpost")
+    from ..roles.outpost import Outpost
+
+    node = node_of_role(home, "outpost")
     role = Outpost(node, Sender(node))
     ids = {peer: role.send_sync(peer) for peer in node.peers()}
     if as_json:
@@ -98,7 +101,10 @@ def sync(home: Path, as_json: bool) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def import_(home: Path, registry: str | None, file: Path) -> None:
     """Take a bundle, or a plain `docker save` tar, from removable media."""
-    node = _node(home, "outpost")
+    from ..images.archive import stage_archive
+    from ..roles.outpost import Outpost
+
+    node = node_of_role(home, "outpost")
     with open(file, "rb") as f:
         is_bundle = f.read(len(MAGIC)) == MAGIC
     if is_bundle:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Protocol
@@ -60,7 +61,9 @@ class Hooks(Protocol):
     """What a role (Earth, outpost) adds to the bus; see outpost/roles."""
 
     def handlers(self) -> dict[str, Handler]: ...
+    def bind(self, wake: Callable[[], None]) -> None: ...
     def on_start(self) -> None: ...
+    def on_stop(self) -> None: ...
     def tick(self, now: float) -> None: ...
     def on_delivered(self, msg: Message) -> None: ...
     def on_refused(self, header: Header, error: BundleError) -> None: ...
@@ -86,10 +89,15 @@ class Daemon:
         self.receiver.handlers = hooks.handlers()
         self.receiver.on_refused = hooks.on_refused
         self.sender.on_delivered = hooks.on_delivered
+        hooks.bind(self.wake)
 
     def stop(self, *_args: object) -> None:
         self.stopping.set()
         self.hints.put(("stop", ""))
+
+    def wake(self) -> None:
+        """Run the loop's timers now (from any thread: a finished apply, say)."""
+        self.hints.put(("wake", ""))
 
     def run(self) -> None:
         home = self.node.home
@@ -110,6 +118,8 @@ class Daemon:
             while not self.stopping.is_set():
                 self.step()
         finally:
+            if self.hooks is not None:
+                self.hooks.on_stop()
             self.receiver.commit()
             self.flush_acks(force=True)
             observer.stop()

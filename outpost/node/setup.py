@@ -26,11 +26,11 @@ from ..store.state import State
 
 def init_home(path: Path, role: str, name: str | None = None,
               delivery: dict[str, str] | None = None, *, template: Path | None = None,
-              registry: str | None = None) -> Home:
+              registry: str | None = None, docker: str | None = None) -> Home:
     """Create a home (idempotent: an existing one is loaded and checked, never overwritten).
 
     An Earth home gets its config repo, seeded from `template` (default: the project's
-    example); an outpost home records its registry if one is given.
+    example); an outpost home records its registry and Docker daemon if given.
     """
     path = Path(path).resolve()
     if is_home(path):
@@ -53,8 +53,9 @@ def init_home(path: Path, role: str, name: str | None = None,
     if role == "earth":
         git.seed_config_repo(path / "config", template_sources(template))
         tables["earth"] = {"config": "config"}
-    elif registry:
-        tables["outpost"] = {"registry": registry}
+    else:
+        outpost = {"registry": registry, "docker": docker}
+        tables["outpost"] = {k: v for k, v in outpost.items() if v}
     write_node_toml(path, name, role, tables)
     home = load_home(path)
     State(home.state_db).close()

@@ -17,11 +17,18 @@ from .manifest import IMAGE_REF as _REF
 APPLIERS = ("docker", "command")
 NETWORKS = ("host", "none")
 _SERVICE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
+_URL = re.compile(r"^https?://[^\s/]+(/\S*)?\Z")
+_PORT = re.compile(r"^([0-9]{1,5})(/(tcp|udp))?\Z")
 
 
 @dataclass(frozen=True)
 class Health:
-    command: list[str]
+    """A service's health check: a command run in its container, or an HTTP URL fetched
+    from the outpost (2xx or 3xx passes). Up to `retries` tries, `interval` apart, each
+    given `timeout`; the first pass makes the service healthy."""
+
+    command: list[str] = field(default_factory=list)
+    url: str = ""
     interval: float = 2.0
     retries: int = 15
     timeout: float = 10.0
@@ -36,6 +43,7 @@ class Service:
     network: str = "host"
     ports: list[str] = field(default_factory=list)
     health: Health | None = None
+    init: bool = True  # an init process as PID 1: signals reach the service, zombies reaped
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,9 @@ def _check_services(source: str, images: list[str], apply: Apply,
     names = [s.name for s in services]
     if len(set(names)) != len(names):
         raise ConfigError(f"{source}: two [[services]] share a name")
+    ports = [p if "/" in p else f"{p}/tcp" for s in services for p in s.ports]
+    if len(set(ports)) != len(ports):
+        raise ConfigError(f"{source}: two [[services]] listen on the same port")
     for s in services:
         if s.image not in images:
             raise ConfigError(f"{source}: service {s.name!r} runs {s.image!r}, which is not "
@@ -140,7 +151,8 @@ class _Ctx:
 
     def service(self, t: dict[str, Any], n: int) -> Service:
         where = f"services[{n}]"
-        self.known(t, where, {"name", "image", "command", "env", "network", "ports", "health"})
+        self.known(t, where, {"name", "image", "command", "env", "network", "ports", "health",
+                              "init"})
         name = t.get("name")
         if not isinstance(name, str) or not _SERVICE.match(name):
             raise self.fail(where, f"name must be plain (got {name!r})")
@@ -153,8 +165,25 @@ class _Ctx:
             name=name, image=image,
             command=None if command is None else self.strings(command, f"{where}.command"),
             env=self.env(t.get("env", {}), f"{where}.env"), network=network,
-            ports=self.strings(t.get("ports", []), f"{where}.ports"),
-            health=self.health(t.get("health"), where))
+            ports=self.ports(t.get("ports", []), network, f"{where}.ports"),
+            health=self.health(t.get("health"), where),
+            init=self.flag(t.get("init", True), f"{where}.init"))
+
+    def flag(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(where, "must be true or false")
+        return value
+
+    def ports(self, value: Any, network: str, where: str) -> list[str]:
+        """The ports a host-network service listens on, checked free before it starts."""
+        ports = self.strings(value, where)
+        for p in ports:
+            m = _PORT.match(p)
+            if m is None or not 0 < int(m.group(1)) < 65536:
+                raise self.fail(where, f"{p!r} is not a port such as \"8080\" or \"53/udp\"")
+        if ports and network != "host":
+            raise self.fail(where, f"a service on network \"{network}\" listens on no host port")
+        return ports
 
     def health(self, t: Any, where: str) -> Health | None:
         if t is None:
@@ -162,11 +191,18 @@ class _Ctx:
         if not isinstance(t, dict):
             raise self.fail(f"{where}.health", "must be a table")
         where = f"{where}.health"
-        self.known(t, where, {"command", "interval", "retries", "timeout"})
+        self.known(t, where, {"command", "url", "interval", "retries", "timeout"})
         retries = t.get("retries", 15)
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise self.fail(f"{where}.retries", "must be a whole number, 0 or more")
-        return Health(command=self.strings(t.get("command", []), f"{where}.command"),
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 1:
+            raise self.fail(f"{where}.retries", "must be a whole number, 1 or more")
+        command = self.strings(t.get("command", []), f"{where}.command")
+        url = t.get("url", "")
+        if not isinstance(url, str) or (url and not _URL.match(url)):
+            raise self.fail(f"{where}.url", f"must be an http:// or https:// URL (got {url!r})")
+        if bool(command) == bool(url):
+            raise self.fail(where, "needs either command = [...] (run in the container) or "
+                                   "url = \"http://...\" (fetched from the outpost), not both")
+        return Health(command=command, url=url,
                       interval=self.duration(t.get("interval", "2s"), f"{where}.interval"),
                       retries=retries,
                       timeout=self.duration(t.get("timeout", "10s"), f"{where}.timeout"))

@@ -9,8 +9,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import git
-
 from ..errors import GitError, MalformedBundle, RefusedContent
 
 BRANCH = "main"
@@ -28,6 +26,8 @@ def seed_config_repo(path: Path, sources: list[tuple[Path, str]]) -> str:
     of `sources` is copied to `path/place`. An existing repo is left as it is."""
     if (path / ".git").exists():
         return head(path)
+    import git  # GitPython, only where a repository is created
+
     for folder, place in sources:
         shutil.copytree(folder, path / place, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(".git", "__pycache__", ".terraform"))
@@ -79,6 +79,8 @@ def create_bundle(repo: Path, dest: Path, base: str | None) -> bool:
 
 def init_mirror(path: Path) -> None:
     if not (path / "HEAD").exists():
+        import git
+
         git.Repo.init(path, bare=True, initial_branch=BRANCH)
 
 
@@ -135,3 +137,26 @@ def apply_bundle(mirror: Path, bundle: Path, expect: str) -> tuple[str | None, s
         raise RefusedContent(f"git cannot read the config bundle: {fetch.stderr.strip()}",
                              reason="bad-git-bundle")
     return old, expect
+
+
+def history(repo: Path, limit: int = 10_000) -> list[str]:
+    """The commits of `main`, newest first (empty for a repo without commits)."""
+    proc = _git(repo, "rev-list", f"--max-count={limit}", f"refs/heads/{BRANCH}", check=False)
+    return proc.stdout.split() if proc.returncode == 0 else []
+
+
+def checkout(repo: Path, commit: str, dest: Path) -> None:
+    """A clean working tree of `commit` at `dest` (a worktree of `repo`, bare or not)."""
+    if (dest / ".git").exists():
+        _git(dest, "checkout", "-q", "--detach", "--force", commit)
+        _git(dest, "clean", "-q", "-fdx")
+        return
+    shutil.rmtree(dest, ignore_errors=True)
+    _git(repo, "worktree", "prune")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _git(repo, "worktree", "add", "-q", "--detach", "--force", str(dest.resolve()), commit)
+
+
+def remove_checkout(repo: Path, dest: Path) -> None:
+    shutil.rmtree(dest, ignore_errors=True)
+    _git(repo, "worktree", "prune", check=False)

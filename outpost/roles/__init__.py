@@ -7,6 +7,7 @@ acknowledged, and may run periodic work. The bus itself knows nothing of release
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -26,7 +27,13 @@ class Role:
     def handlers(self) -> dict[str, Handler]:
         return default_handlers()
 
+    def bind(self, wake: Callable[[], None]) -> None:
+        """`wake` makes the node's loop look again at once (safe from any thread)."""
+
     def on_start(self) -> None:
+        pass
+
+    def on_stop(self) -> None:
         pass
 
     def tick(self, now: float) -> None:
@@ -64,11 +71,12 @@ class Call:
         return []
 
 
-def make_role(node: Node, sender: Any, registry: str | None = None) -> Role:
-    """The role a home was created for."""
+def make_role(node: Node, sender: Any, registry: str | None = None,
+              docker: str | None = None) -> Role:
+    """The role a home was created for (`registry`, `docker`: an outpost's overrides)."""
     from .earth import Earth
     from .outpost import Outpost
 
     if node.home.role == "earth":
         return Earth(node, sender)
-    return Outpost(node, sender, registry)
+    return Outpost(node, sender, registry, docker)

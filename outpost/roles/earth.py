@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..codec import BULK, Header, PartWriter
+from ..codec import BULK, EXPEDITED, Header, PartWriter
 from ..errors import ConfigError, MalformedBundle
 from ..images.docker_source import docker_client, image_facts, write_image
 from ..node.context import Node, log
@@ -17,10 +17,13 @@ from ..node.sender import SENDING, Sender
 from ..release import git
 from ..release.config import ReleaseConfig, parse_release_config
 from ..release.manifest import COMMIT as COMMIT_RE
-from ..release.manifest import DIGEST, Release
+from ..release.manifest import DIGEST, IMAGE_REF, ImageFacts, Release
 from ..store.releases import COMMIT, IMAGE, LAYER, ReleaseStore
 from ..store.state import Message
 from . import Call, Role, read_control
+
+WARNING_EVENTS = ("release-refused", "image-refused", "image-incomplete", "rolled-back",
+                  "failed")
 
 
 @dataclass
@@ -45,7 +48,7 @@ class Earth(Role):
 
     def handlers(self) -> dict[str, Handler]:
         return {**super().handlers(), "sync": Call(self.on_sync),
-                "report": Call(self.on_report)}
+                "report": Call(self.on_report), "image-request": Call(self.on_image_request)}
 
     # publishing
     def current(self) -> tuple[Release, ReleaseConfig, Any]:
@@ -73,19 +76,23 @@ class Earth(Role):
         layers = self.store.holding(peer, LAYER) | pending[LAYER]
         images = self.store.holding(peer, IMAGE) | pending[IMAGE]
         for facts in release.images:
-            if facts.image_id in images:
-                continue
-            wanted = [d for d in dict.fromkeys(facts.diff_ids) if d not in layers]
-            msg = self.sender.submit(
-                peer, "image", fill=self._image_fill(client, facts, layers),
-                meta={"release": release.commit}, priority=BULK, via_link=via_link,
-                custody={"holds": {LAYER: wanted, IMAGE: [facts.image_id]}})
-            sent.messages.append(_describe(msg, f"{facts.ref}: {len(wanted)} of "
-                                                 f"{len(facts.diff_ids)} layers"))
-            layers |= set(facts.diff_ids)
-            images.add(facts.image_id)
+            if facts.image_id not in images:
+                sent.messages.append(self._send_image(peer, facts, client, layers,
+                                                      release.commit, via_link))
+                images.add(facts.image_id)
         log.info("published %s to %s: %d message(s)", release.id, peer, len(sent.messages))
         return sent
+
+    def _send_image(self, peer: str, facts: ImageFacts, client: Any, layers: set[str],
+                    release: str | None, via_link: bool = True) -> dict[str, Any]:
+        """An image bundle with the layers not in `layers` (which then holds them all)."""
+        wanted = [d for d in dict.fromkeys(facts.diff_ids) if d not in layers]
+        msg = self.sender.submit(
+            peer, "image", fill=self._image_fill(client, facts, set(layers)),
+            meta={"release": release}, priority=BULK, via_link=via_link,
+            custody={"holds": {LAYER: wanted, IMAGE: [facts.image_id]}})
+        layers |= set(facts.diff_ids)
+        return _describe(msg, f"{facts.ref}: {len(wanted)} of {len(facts.diff_ids)} layers")
 
     def _send_config(self, peer: str, release: Release, base: str | None,
                      via_link: bool) -> dict[str, Any]:
@@ -135,13 +142,40 @@ class Earth(Role):
         if not self._publish_to(header.src, release, client, True).messages:
             log.info("%s is up to date", header.src)
 
+    def on_image_request(self, header: Header, path: Path) -> None:
+        """An outpost's apply found images missing: send them (only the layers it lacks),
+        or say that Earth does not have them either."""
+        refs, layers, release = _image_request(read_control(self.node, header, path))
+        client = docker_client(self.docker_host)
+        sent, unavailable = [], []
+        held = set(layers)
+        for ref in refs:
+            try:
+                facts = image_facts(client, ref)
+            except ConfigError:
+                unavailable.append(ref)
+                continue
+            self._send_image(header.src, facts, client, held, release)
+            sent.append(ref)
+        if unavailable:
+            self.sender.submit(header.src, "image-unavailable", None, priority=EXPEDITED,
+                               reply_to=header.id,
+                               meta={"refs": unavailable, "release": release,
+                                     "reason": "not in Earth's Docker daemon either"})
+        self.store.add_report(header.src, "image-request", release,
+                              {"refs": refs, "sent": sent, "unavailable": unavailable},
+                              self.node.clock())
+        log.log(30 if unavailable else 20, "%s asks for %s: sent %s%s", header.src,
+                ", ".join(refs), ", ".join(sent) or "nothing",
+                f"; Earth does not have {', '.join(unavailable)}" if unavailable else "")
+
     def on_report(self, header: Header, path: Path) -> None:
         meta = header.meta
         event, release = str(meta.get("event", "?")), meta.get("release")
         self.store.add_report(header.src, event, release if isinstance(release, str) else None,
                               {k: v for k, v in meta.items() if k != "event"},
                               self.node.clock())
-        level = 30 if "refused" in event or "incomplete" in event else 20
+        level = 30 if event in WARNING_EVENTS else 20
         log.log(level, "%s reports %s for %s: %s", header.src, event, release,
                 meta.get("error") or meta.get("head") or "")
         head = meta.get("head")
@@ -162,6 +196,22 @@ def _holdings(doc: Any) -> tuple[str | None, list[str], list[str]]:
                 isinstance(v, str) and DIGEST.match(v) for v in values):
             raise MalformedBundle(f"sync {name} must be sha256 digests", reason="bad-sync")
     return commit, layers, images
+
+
+def _image_request(doc: Any) -> tuple[list[str], list[str], str | None]:
+    if not isinstance(doc, dict):
+        raise MalformedBundle("image-request payload must be a map", reason="bad-request")
+    refs, layers, release = doc.get("refs"), doc.get("layers", []), doc.get("release")
+    if not isinstance(refs, list) or not 0 < len(refs) <= 100 or not all(
+            isinstance(r, str) and IMAGE_REF.match(r) for r in refs):
+        raise MalformedBundle("image-request needs 1 to 100 image refs", reason="bad-request")
+    if not isinstance(layers, list) or not all(
+            isinstance(d, str) and DIGEST.match(d) for d in layers):
+        raise MalformedBundle("image-request layers must be sha256 digests",
+                              reason="bad-request")
+    if release is not None and not (isinstance(release, str) and COMMIT_RE.match(release)):
+        raise MalformedBundle("image-request release must be a commit", reason="bad-request")
+    return list(dict.fromkeys(refs)), layers, release
 
 
 def _describe(msg: Message, what: str) -> dict[str, Any]:

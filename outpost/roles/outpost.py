@@ -1,18 +1,22 @@
 """The outpost: takes releases in (config into the git mirror, images into the registry),
-reports back, and asks Earth for what it lacks (sync) at start and on an interval."""
+applies each once it is ready (outpost/apply), reports outcomes home, and asks Earth for
+what it lacks: everything (sync) at start and on an interval, single images when an apply
+finds one missing."""
 
 from __future__ import annotations
 
 import io
-import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
+from ..apply.context import ApplySettings
+from ..apply.loop import ApplyLoop
 from ..codec import EXPEDITED, Header, read_payload
-from ..errors import BundleError, ConfigError
+from ..errors import BundleError, ConfigError, MalformedBundle
 from ..gateway.importer import Gateway, check_config
 from ..gateway.registry import Registry, Upload, image_ref_parts
 from ..images.parts import ImagePayload, PartSplitter, Sink
@@ -20,42 +24,54 @@ from ..node.context import Node, log
 from ..node.handlers import Handler, stream_to_part
 from ..node.sender import Sender
 from ..release import git
-from ..release.manifest import Release
-from ..store.releases import ReleaseStore
+from ..release.manifest import IMAGE_REF, Release
+from ..store.applies import WAITING as WAITING_IMAGES
+from ..store.applies import ApplyRow, ApplyStore
+from ..store.releases import READY, REFUSED, WAITING, ReleaseStore
 from ..units import parse_duration
 from . import Call, Role
 
 DEFAULT_SYNC_INTERVAL = 6 * 3600.0
-READY, WAITING, REFUSED = "ready", "waiting-for-images", "refused"
 
 
 class Outpost(Role):
-    def __init__(self, node: Node, sender: Sender, registry: str | None = None) -> None:
+    def __init__(self, node: Node, sender: Sender, registry: str | None = None,
+                 docker: str | None = None) -> None:
         self.node, self.sender = node, sender
         self.store = ReleaseStore(node.state)
         table = node.home.raw.get("outpost", {})
         self.mirror = node.home.path / "config.git"
         git.init_mirror(self.mirror)
-        address = registry or table.get("registry") or os.environ.get("OUTPOST_REGISTRY")
+        settings = ApplySettings.from_home(node.home, registry, docker)
+        address = settings.registry
         self.gateway = Gateway(Registry(address), self.store) if address else None
         self.sync_interval = parse_duration(table.get("sync_interval", DEFAULT_SYNC_INTERVAL))
         self.sync_on_start = bool(table.get("sync_on_start", True))
         self._next_sync = 0.0
+        self.applies = ApplyLoop(node, settings, self.report_apply, self.request_images)
 
     def handlers(self) -> dict[str, Handler]:
         return {**super().handlers(), "release": Call(self.on_release),
-                "image": Call(self.on_image)}
+                "image": Call(self.on_image), "image-unavailable": Call(self.on_unavailable)}
 
     # timers
+    def bind(self, wake: Callable[[], None]) -> None:
+        self.applies.wake = wake
+
     def on_start(self) -> None:
         now = self.node.clock()
         self._next_sync = now if self.sync_on_start else now + self.sync_interval
+        self.applies.start()
+
+    def on_stop(self) -> None:
+        self.applies.stop()
 
     def tick(self, now: float) -> None:
         if self.sync_interval > 0 and now >= self._next_sync and self.node.peers():
             self._next_sync = now + self.sync_interval
             for peer in self.node.peers():
                 self.send_sync(peer)
+        self.applies.poll()
 
     def send_sync(self, peer: str) -> str:
         """Tell `peer` what we hold; it answers with whatever we lack."""
@@ -83,10 +99,8 @@ class Outpost(Role):
         elif git.mirror_head(self.mirror) != release.commit:
             # No bundle means Earth believes we hold the commit already; a sync will mend it.
             read_payload(path, self.node.state.keyring(), self.node.limits, lambda _b: None)
-        self.store.set_release(release.commit, release.to_meta(), WAITING, "",
-                               self.node.clock())
-        self.report(header.src, "release-received", release.commit,
-                    head=git.mirror_head(self.mirror))
+        self.store.set_release(release.commit, {**release.to_meta(), "src": header.src},
+                               WAITING, "", self.node.clock())
         self.check_ready()
 
     def check_ready(self) -> None:
@@ -105,6 +119,7 @@ class Outpost(Role):
             elif lacking:
                 self.store.set_release(release.commit, rel["meta"], WAITING,
                                        "lacks " + ", ".join(lacking), self.node.clock())
+        self.applies.poll()
 
     # images
     def on_image(self, header: Header, path: Path) -> None:
@@ -129,9 +144,8 @@ class Outpost(Role):
             self.send_sync(header.src)
             return
         log.info("image %s imported: %s", payload.facts.ref, payload.facts.image_id[:19])
-        self.report(header.src, "image-imported", release, ref=payload.facts.ref,
-                    image_id=payload.facts.image_id)
         self.check_ready()
+        self.applies.images_arrived([payload.facts.ref])
 
     def _stage(self, path: Path, payload: ImagePayload, staging: Path) -> dict[str, Path]:
         """Decode the bundle once: the config to a file, each layer the registry lacks
@@ -190,6 +204,47 @@ class Outpost(Role):
     def report(self, peer: str, event: str, release: str | None, **detail: Any) -> None:
         self.sender.submit(peer, "report", None, priority=EXPEDITED,
                            meta={"event": event, "release": release, **detail})
+
+    # applies
+    def report_apply(self, row: ApplyRow) -> None:
+        """Tell Earth how an apply went (or that it waits for images)."""
+        current = ApplyStore(self.node.state).current()
+        detail = {"apply": row.id, "trigger": row.trigger, "applier": row.applier,
+                  "running": current.commit if current else None,
+                  "durations": row.durations, "service": row.service, "reason": row.reason}
+        if row.state == WAITING_IMAGES:
+            detail["wanted"] = row.wanted
+        for peer in self._earth_of(row.commit_id):
+            self.report(peer, row.state, row.commit_id, **detail)
+
+    def request_images(self, row: ApplyRow) -> None:
+        """Ask Earth for the images an apply lacks, saying which layers we hold."""
+        layers = self.gateway.present_layers() if self.gateway else []
+        data: bytes = msgpack.packb({"refs": row.wanted, "layers": layers,
+                                     "release": row.commit_id})
+        for peer in self._earth_of(row.commit_id):
+            self.sender.submit(peer, "image-request", io.BytesIO(data), priority=EXPEDITED,
+                               meta={"release": row.commit_id, "refs": row.wanted})
+            log.info("asked %s for %s (apply #%d, request %d)", peer, ", ".join(row.wanted),
+                     row.id, row.requests + 1)
+
+    def on_unavailable(self, header: Header, path: Path) -> None:
+        read_payload(path, self.node.state.keyring(), self.node.limits, lambda _b: None)
+        refs = header.meta.get("refs")
+        if not isinstance(refs, list) or not all(
+                isinstance(r, str) and IMAGE_REF.match(r) for r in refs):
+            raise MalformedBundle("image-unavailable needs a list of image refs",
+                                  reason="bad-meta")
+        reason = str(header.meta.get("reason", "Earth does not have it"))[:500]
+        log.warning("%s does not have %s: %s", header.src, ", ".join(refs), reason)
+        self.applies.unavailable(refs, reason)
+
+    def _earth_of(self, commit: str) -> list[str]:
+        """Where a release came from (all peers when that is not known)."""
+        found = self.store.release(commit)
+        src = found["meta"].get("src") if found else None
+        peers = self.node.peers()
+        return [src] if src in peers else peers
 
 
 class _Discard:

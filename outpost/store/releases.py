@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS releases (
 """
 
 COMMIT, LAYER, IMAGE = "commit", "layer", "image"
+# a release at the outpost: waiting for images, ready (config and images all present), refused
+WAITING, READY, REFUSED = "waiting-for-images", "ready", "refused"
 
 
 class ReleaseStore:
@@ -74,6 +76,12 @@ class ReleaseStore:
         rows = self.state.q("SELECT * FROM reports ORDER BY at DESC LIMIT ?", limit)
         return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
 
+    def last_report(self, peer: str, events: tuple[str, ...]) -> dict[str, Any] | None:
+        marks = ",".join("?" * len(events))
+        rows = self.state.q(f"SELECT * FROM reports WHERE peer = ? AND event IN ({marks}) "
+                            "ORDER BY at DESC LIMIT 1", peer, *events)
+        return {**dict(rows[0]), "detail": json.loads(rows[0]["detail"])} if rows else None
+
     def refused(self, peer: str, release: str) -> bool:
         return bool(self.state.q(
             "SELECT 1 FROM reports WHERE peer = ? AND release = ? AND event = 'release-refused'",
@@ -114,3 +122,11 @@ class ReleaseStore:
     def releases(self) -> list[dict[str, Any]]:
         rows = self.state.q("SELECT * FROM releases ORDER BY received")
         return [{**dict(r), "meta": json.loads(r["meta"])} for r in rows]
+
+    def release(self, commit: str) -> dict[str, Any] | None:
+        rows = self.state.q("SELECT * FROM releases WHERE commit_id = ?", commit)
+        return {**dict(rows[0]), "meta": json.loads(rows[0]["meta"])} if rows else None
+
+    def ready(self) -> list[str]:
+        return [r["commit_id"] for r in
+                self.state.q("SELECT commit_id FROM releases WHERE state = ?", READY)]

@@ -1,0 +1,129 @@
+"""`outpost-node apply | rollback`, and what `status` shows of applies (docs/apply.md)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..apply.context import ApplySettings, Paths
+from ..node.context import Node
+from ..store.applies import APPLIED, FINAL, WAITING, ApplyStore
+from ..store.releases import ReleaseStore
+from .output import age, emit_json, table
+from .releases import HOME, JSON, node_of_role
+
+APPLY_EVENTS = (*FINAL, WAITING)
+
+
+@click.command("apply")
+@HOME
+@click.option("--commit", help="The release to apply: a commit or its prefix (default: the "
+                               "newest ready release).")
+@JSON
+def apply_(home: Path, commit: str | None, as_json: bool) -> None:
+    """Apply a release now, by hand: also one that failed or was rolled back."""
+    from ..apply.loop import resolve_release
+
+    node = node_of_role(home, "outpost")
+    target = resolve_release(node, commit)
+    _run(node, target, "manual", as_json)
+
+
+@click.command()
+@HOME
+@JSON
+def rollback(home: Path, as_json: bool) -> None:
+    """Go back one release: apply again the release that ran before the running one."""
+    from ..apply.loop import previous_release
+
+    node = node_of_role(home, "outpost")
+    _run(node, previous_release(node), "rollback", as_json)
+
+
+def _run(node: Node, commit: str, trigger: str, as_json: bool) -> None:
+    from ..apply.loop import apply_by_hand
+
+    def echo(line: str) -> None:
+        if not as_json:
+            click.echo(f"  {line}", err=True)
+
+    if not as_json:
+        click.echo(f"applying {commit[:12]} ({trigger}); log: "
+                   f"{Paths(node.home).log_file(commit)}", err=True)
+    row = apply_by_hand(node, ApplySettings.from_home(node.home), commit, trigger, echo)
+    if as_json:
+        emit_json(row.to_json())
+    else:
+        took = f" in {row.durations['total']:.1f}s" if "total" in row.durations else ""
+        click.echo(f"{row.release}: {row.state}{took}"
+                   + (f": {row.reason}" if row.reason and row.state != APPLIED else ""))
+    if row.state != APPLIED:
+        sys.exit(1)
+
+
+apply_commands = [apply_, rollback]
+
+
+def apply_status(node: Node) -> dict[str, Any]:
+    """Earth: each outpost's running release and last apply report. Outpost: the running
+    release, the history of applies and what the active one waits for."""
+    if node.home.role == "earth":
+        store = ReleaseStore(node.state)
+        fleet = {}
+        for peer in node.peers():
+            last = store.last_report(peer, APPLY_EVENTS)
+            detail = last["detail"] if last else {}
+            fleet[peer] = {"running": detail.get("running"), "last_apply": last}
+        return {"fleet": fleet}
+    applies = ApplyStore(node.state)
+    current = applies.current()
+    active = applies.active()
+    return {
+        "running": None if current is None else {
+            "commit": current.commit, "apply": current.apply_id, "since": current.since},
+        "applies": [r.to_json() for r in applies.history(20)],
+        "waiting": None if active is None or active.state != WAITING else {
+            "apply": active.id, "commit": active.commit_id, "images": active.wanted,
+            "requests": active.requests, "next_request": active.next_request,
+            "reason": active.reason},
+        "apply_logs": str(Paths(node.home).logs),
+    }
+
+
+def print_apply_status(info: dict[str, Any]) -> None:
+    now = time.time()
+    if info.get("role") == "earth":
+        rows = []
+        for peer, a in info["fleet"].items():
+            last = a["last_apply"] or {}
+            detail = last.get("detail", {})
+            rows.append([peer, (a["running"] or "none")[:12], last.get("event", "-"),
+                         (last.get("release") or "")[:12],
+                         age(now - last["at"]) + " ago" if last else "-",
+                         _why(detail)])
+        click.echo("\napplies at the outposts:")
+        table(["OUTPOST", "RUNNING", "LAST REPORT", "RELEASE", "WHEN", "REASON"], rows)
+        return
+    running = info.get("running")
+    since = f" since {age(now - running['since'])} ago" if running else ""
+    click.echo(f"\nrunning release: {running['commit'][:12] if running else 'none yet'}{since}")
+    table(["APPLY", "RELEASE", "STATE", "TRIGGER", "STARTED", "TOOK", "REASON"],
+          [[a["id"], a["commit"][:12], a["state"], a["trigger"],
+            age(now - a["started"]) + " ago",
+            f"{a['durations']['total']:.1f}s" if "total" in a["durations"] else "-",
+            _why(a)] for a in info["applies"][:10]])
+    waiting = info.get("waiting")
+    if waiting:
+        click.echo(f"apply #{waiting['apply']} waits for {', '.join(waiting['images'])} "
+                   f"(asked Earth {waiting['requests']} time(s))")
+    click.echo(f"apply logs: {info['apply_logs']}")
+
+
+def _why(d: dict[str, Any]) -> str:
+    """The reason, which names the failing service, cut to fit a line."""
+    reason = str(d.get("reason") or "")
+    return reason if len(reason) <= 90 else reason[:87] + "..."
