@@ -1,7 +1,7 @@
 # The example's Terraform config: the same service as outpost.toml's [[services]], for
-# sites that apply releases with `terraform apply` (outpost.toml: applier = "command").
-# Terraform cannot be installed on the development machines, so this path is exercised
-# only where a `terraform` or `tofu` binary is found (see README).
+# sites that apply releases with `terraform apply` (outpost.toml: applier = "command",
+# docs/apply.md). It needs the kreuzwerker/docker provider, which the development
+# machines' provider mirror does not hold yet (docs/releases.md, Terraform).
 
 terraform {
   required_providers {

@@ -60,6 +60,17 @@ class Outpost:
                              self.lines.append).to_json()
 
 
+def processes_with(marker: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
 def git(*args: str) -> str:
     return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout
 
@@ -109,8 +120,7 @@ def test_a_command_that_hangs_is_killed_at_its_timeout(outpost: Outpost) -> None
     done = outpost.apply(commit)
     assert time.monotonic() - t0 < 20
     assert done["state"] == "failed" and "timed out" in str(done["reason"])
-    leftover = subprocess.run(["pgrep", "-f", "sleep 61.2345"], capture_output=True)
-    assert leftover.returncode == 1, "the command's process group outlived its timeout"
+    assert not processes_with("61.2345"), "the command's process group outlived its timeout"
 
 
 def test_a_missing_image_in_the_output_makes_the_apply_wait_for_it(outpost: Outpost) -> None:
@@ -154,3 +164,38 @@ def test_an_invalid_outpost_toml_at_the_commit_fails_without_touching_anything(
     done = outpost.apply(bad)
     assert done["state"] == "failed" and "apply.applier" in str(done["reason"])
     assert ApplyStore(outpost.node.state).current().commit == commit  # type: ignore[union-attr]
+
+
+TERRAFORM = Path("/usr/local/bin/terraform")
+MAIN_TF = """
+variable "release" { type = string }
+resource "terraform_data" "release" {
+  input            = var.release
+  triggers_replace = var.release
+  provisioner "local-exec" {
+    command = "echo applied $OUTPOST_RELEASE >> $OUTPOST_STATE_DIR/history.txt"
+  }
+}
+output "release" { value = terraform_data.release.output }
+"""
+TF_APPLY = ["sh", "-c", "terraform init -input=false -no-color >/dev/null && "
+            "terraform apply -auto-approve -input=false -no-color "
+            "-state=$OUTPOST_STATE_DIR/terraform.tfstate -var release=$OUTPOST_RELEASE"]
+
+
+@pytest.mark.skipif(not TERRAFORM.exists(), reason="no Terraform at /usr/local/bin/terraform")
+def test_terraform_applies_each_release_with_its_state_kept_across_releases(
+        outpost: Outpost) -> None:
+    """Real Terraform, offline: the built-in terraform_data resource needs no provider."""
+    first = outpost.release(TF_APPLY, timeout="2m", files={"main.tf": MAIN_TF})
+    assert outpost.apply(first)["state"] == "applied"
+    second = outpost.release(TF_APPLY, timeout="2m", files={"main.tf": MAIN_TF})
+    done = outpost.apply(second)
+    assert done["state"] == "applied", done
+    state_dir = outpost.node.home.path / "apply-state"
+    history = (state_dir / "history.txt").read_text().split("\n")
+    assert history[:2] == [f"applied {first[:12]}", f"applied {second[:12]}"]
+    state = json.loads((state_dir / "terraform.tfstate").read_text())
+    assert state["outputs"]["release"]["value"] == second[:12]
+    log = (outpost.node.home.path / "applies" / f"{second[:12]}.log").read_text()
+    assert "Resources: 1 added, 0 changed, 1 destroyed" in log, "not replaced from the state"

@@ -21,7 +21,12 @@ from typing import Any
 import docker
 import pytest
 
+from outpost.gateway.importer import Gateway
 from outpost.gateway.registry import Registry, image_ref_parts
+from outpost.images.archive import stage_archive
+from outpost.node.context import open_node
+from outpost.node.setup import init_home
+from outpost.store.releases import ReleaseStore
 
 from .conftest import Services
 from .images import app_image, busybox_base, image_facts
@@ -131,6 +136,40 @@ def test_a_docker_save_tar_goes_straight_into_the_registry(
             other.images.remove(f"{services.registry}/{repo}:{tag}")
         finally:
             other.close()
+
+
+def test_an_image_that_comes_before_its_shared_layer_is_tagged_once_the_layer_arrives(
+        tmp_path: Path, services: Services, docker_client: docker.DockerClient,
+        tags: list[str]) -> None:
+    """Bundles cross out of order: v2's bundle (without the base layer, which Earth put in
+    v1's) is imported first, then v1's. v2 waits, its config and own layer kept, and is
+    tagged as soon as the base layer is in the registry."""
+    name = unique()
+    v1, v2 = f"{name}:v1", f"{name}:v2"
+    tag_as(docker_client, build(docker_client, "v1"), v1, tags)
+    tag_as(docker_client, build(docker_client, "v2"), v2, tags)
+    node = open_node(init_home(tmp_path / "mars", "outpost", "mars"))
+    store = ReleaseStore(node.state)
+    gateway = Gateway(Registry(services.registry), store)
+    staged = {}
+    for ref in (v1, v2):
+        archive = tmp_path / f"{ref.rsplit(':', 1)[1]}.tar"
+        archive.write_bytes(save(docker_client, ref))
+        (tmp_path / archive.stem).mkdir()
+        (staged[ref],) = stage_archive(archive, tmp_path / archive.stem)
+    facts2, files2 = staged[v2]
+    base = facts2.diff_ids[0]
+    without_base = {d: p for d, p in files2.items() if d != base}
+    assert gateway.import_image(facts2, without_base, "earth") == [base]
+    assert registry_manifest(services.registry, v2) is None, "v2 was tagged without a layer"
+    assert gateway.complete_pending() == [], "completed before the layer came"
+    assert gateway.import_image(*staged[v1]) == []
+    assert [f.ref for f in gateway.complete_pending()] == [v2]
+    manifest = registry_manifest(services.registry, v2)
+    assert manifest is not None and manifest["config"]["digest"] == facts2.image_id
+    assert [layer["digest"] for layer in manifest["layers"]] == facts2.diff_ids
+    assert store.pending_images() == []
+    assert {i["ref"] for i in store.images()} == {v1, v2}
 
 
 def _tamper_layer(archive: bytes, diff_id: str) -> bytes:

@@ -76,7 +76,9 @@ class DockerApplier:
         self._converge(job.plan["desired"], job.commit, job)
 
     def check(self, job: Job) -> None:
-        desired = job.plan["desired"]
+        job.record(health_tries=self._healthy(job.plan["desired"], job))
+
+    def _healthy(self, desired: dict[str, Any], job: Job) -> dict[str, int]:
         with docker_faults("docker"):
             found = {c.labels.get(SPEC): c for c in self._ours()}
         probes = {name: _Probe(found[spec["hash"]], self.settings.docker)
@@ -84,9 +86,8 @@ class DockerApplier:
         lost = sorted(set(desired) - set(probes))
         if lost:
             raise ApplyFailed(f"the container of {lost[0]} disappeared", service=lost[0])
-        tries = wait_healthy(probes, {n: health_of(s) for n, s in desired.items()},
-                             time.monotonic, self.stop, job.log.line)
-        job.record(health_tries=tries)
+        return wait_healthy(probes, {n: health_of(s) for n, s in desired.items()},
+                            time.monotonic, self.stop, job.log.line)
 
     def commit(self, job: Job) -> None:
         """Remove our containers the release does not run (the previous ones, stopped)."""
@@ -99,7 +100,8 @@ class DockerApplier:
                                  f"{c.labels.get(RELEASE, '')[:12]})")
 
     def rollback(self, job: Job) -> bool:
-        """Back to the previous release's containers; False if nothing ran before."""
+        """Back to the previous release's containers, checked healthy again; False if
+        nothing ran before."""
         previous: dict[str, Any] = job.plan.get("previous_desired") or {}
         keep = {s["hash"] for s in previous.values()}
         ours = {s["hash"] for s in job.plan.get("desired", {}).values()} - keep
@@ -109,6 +111,12 @@ class DockerApplier:
                     c.remove(force=True)
                     job.log.line(f"removed {c.name} (this release's {c.labels.get(SERVICE)})")
         self._converge(previous, job.row.previous or job.commit, job)
+        if previous:
+            try:
+                self._healthy(previous, job)
+            except ApplyFailed as e:
+                raise ApplyFailed(f"the previous release is not healthy either: {e}",
+                                  service=e.service) from None
         return bool(previous)
 
     # the work

@@ -23,10 +23,38 @@ class Gateway:
     def __init__(self, registry: Registry, store: ReleaseStore) -> None:
         self.registry, self.store = registry, store
 
-    def import_image(self, facts: ImageFacts, files: dict[str, Path]) -> list[str]:
-        """Push the image; returns the layers it still lacks (then nothing is tagged)."""
+    def import_image(self, facts: ImageFacts, files: dict[str, Path], src: str = "") -> list[str]:
+        """Push the image; returns the layers it still lacks. Then nothing is tagged, but
+        the verified config and layers are kept, and the image waits in `pending_images`
+        until the rest arrives (a bundle with the shared layers may come after this one)."""
         check_config(facts, files[facts.image_id])
-        repo, tag = image_ref_parts(facts.ref)
+        repo, _tag = image_ref_parts(facts.ref)
+        sizes, missing = self._place_layers(repo, facts, files)
+        config = files[facts.image_id]
+        with open(config, "rb") as f:
+            self.registry.push_blob(repo, facts.image_id, f, config.stat().st_size)
+        if missing:
+            self.store.add_pending(facts.to_meta(), src, time.time())
+            return missing
+        self._tag(facts, config.stat().st_size, sizes)
+        return []
+
+    def complete_pending(self) -> list[ImageFacts]:
+        """Tag the pending images whose layers have all arrived since; returns them."""
+        done = []
+        for row in self.store.pending_images():
+            facts = ImageFacts.from_meta(row["facts"])
+            repo, _tag = image_ref_parts(facts.ref)
+            sizes, missing = self._place_layers(repo, facts, {})
+            config_size = self.registry.blob_size(repo, facts.image_id)
+            if missing or config_size is None:
+                continue
+            self._tag(facts, config_size, sizes)
+            done.append(facts)
+        return done
+
+    def _place_layers(self, repo: str, facts: ImageFacts,
+                      files: dict[str, Path]) -> tuple[dict[str, int], list[str]]:
         sizes: dict[str, int] = {}
         missing: list[str] = []
         for digest in dict.fromkeys(facts.diff_ids):
@@ -36,16 +64,15 @@ class Gateway:
             else:
                 sizes[digest] = size
         self.store.add_layers(repo, sizes)
-        if missing:
-            return missing
-        config = files[facts.image_id]
-        with open(config, "rb") as f:
-            self.registry.push_blob(repo, facts.image_id, f, config.stat().st_size)
-        manifest = oci_manifest(facts.image_id, config.stat().st_size,
+        return sizes, missing
+
+    def _tag(self, facts: ImageFacts, config_size: int, sizes: dict[str, int]) -> None:
+        repo, tag = image_ref_parts(facts.ref)
+        manifest = oci_manifest(facts.image_id, config_size,
                                 [(d, sizes[d]) for d in facts.diff_ids])
         self.registry.put_manifest(repo, tag, manifest, OCI_MANIFEST)
         self.store.add_image(facts.image_id, facts.ref, time.time())
-        return []
+        self.store.drop_pending(facts.image_id, facts.ref)
 
     def _place_layer(self, repo: str, digest: str, staged: Path | None) -> int | None:
         """Make `repo` hold layer `digest`: upload it, find it, or mount it from another repo."""

@@ -49,6 +49,7 @@ class Outpost(Role):
         self.sync_on_start = bool(table.get("sync_on_start", True))
         self._next_sync = 0.0
         self.applies = ApplyLoop(node, settings, self.report_apply, self.request_images)
+        self.wait_for_layers = settings.answer_timeout
 
     def handlers(self) -> dict[str, Handler]:
         return {**super().handlers(), "release": Call(self.on_release),
@@ -71,6 +72,7 @@ class Outpost(Role):
             self._next_sync = now + self.sync_interval
             for peer in self.node.peers():
                 self.send_sync(peer)
+        self.ask_for_incomplete(now)
         self.applies.poll()
 
     def send_sync(self, peer: str) -> str:
@@ -132,20 +134,36 @@ class Outpost(Role):
         staging.mkdir(parents=True)
         try:
             files = self._stage(path, payload, staging)
-            missing = self.gateway.import_image(payload.facts, files)
+            missing = self.gateway.import_image(payload.facts, files, header.src)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        release = header.meta.get("release")
         if missing:
-            log.warning("image %s lacks %d layer(s) the registry does not hold; asking %s",
-                        payload.facts.ref, len(missing), header.src)
-            self.report(header.src, "image-incomplete", release, ref=payload.facts.ref,
-                        missing=missing)
-            self.send_sync(header.src)
+            log.warning("image %s lacks %d layer(s) the registry does not hold yet; it waits "
+                        "for them", payload.facts.ref, len(missing))
+            self.report(header.src, "image-incomplete", header.meta.get("release"),
+                        ref=payload.facts.ref, missing=missing)
             return
         log.info("image %s imported: %s", payload.facts.ref, payload.facts.image_id[:19])
+        refs = [payload.facts.ref]
+        for facts in self.gateway.complete_pending():
+            log.info("image %s complete: its last layers came with %s", facts.ref, refs[0])
+            refs.append(facts.ref)
         self.check_ready()
-        self.applies.images_arrived([payload.facts.ref])
+        self.applies.images_arrived(refs)
+
+    def ask_for_incomplete(self, now: float) -> None:
+        """An image still waiting for layers long after it came: ask Earth for it (the
+        bundle meant to bring them was lost, expired or never sent)."""
+        layers: list[str] | None = None
+        for row in self.store.pending_images():
+            if row["requested"] is not None or now < row["since"] + self.wait_for_layers:
+                continue
+            if layers is None:
+                layers = self.gateway.present_layers() if self.gateway else []
+            ref = row["facts"]["ref"]
+            for peer in self._earth_of_peer(row["src"]):
+                self._ask(peer, [ref], layers, None)
+            self.store.pending_requested(row["image_id"], ref, now)
 
     def _stage(self, path: Path, payload: ImagePayload, staging: Path) -> dict[str, Path]:
         """Decode the bundle once: the config to a file, each layer the registry lacks
@@ -220,13 +238,15 @@ class Outpost(Role):
     def request_images(self, row: ApplyRow) -> None:
         """Ask Earth for the images an apply lacks, saying which layers we hold."""
         layers = self.gateway.present_layers() if self.gateway else []
-        data: bytes = msgpack.packb({"refs": row.wanted, "layers": layers,
-                                     "release": row.commit_id})
         for peer in self._earth_of(row.commit_id):
-            self.sender.submit(peer, "image-request", io.BytesIO(data), priority=EXPEDITED,
-                               meta={"release": row.commit_id, "refs": row.wanted})
-            log.info("asked %s for %s (apply #%d, request %d)", peer, ", ".join(row.wanted),
-                     row.id, row.requests + 1)
+            self._ask(peer, row.wanted, layers, row.commit_id)
+            log.info("apply #%d waits for them (request %d)", row.id, row.requests + 1)
+
+    def _ask(self, peer: str, refs: list[str], layers: list[str], release: str | None) -> None:
+        data: bytes = msgpack.packb({"refs": refs, "layers": layers, "release": release})
+        self.sender.submit(peer, "image-request", io.BytesIO(data), priority=EXPEDITED,
+                           meta={"release": release, "refs": refs})
+        log.info("asked %s for %s", peer, ", ".join(refs))
 
     def on_unavailable(self, header: Header, path: Path) -> None:
         read_payload(path, self.node.state.keyring(), self.node.limits, lambda _b: None)
@@ -242,7 +262,9 @@ class Outpost(Role):
     def _earth_of(self, commit: str) -> list[str]:
         """Where a release came from (all peers when that is not known)."""
         found = self.store.release(commit)
-        src = found["meta"].get("src") if found else None
+        return self._earth_of_peer(found["meta"].get("src") if found else None)
+
+    def _earth_of_peer(self, src: str | None) -> list[str]:
         peers = self.node.peers()
         return [src] if src in peers else peers
 

@@ -2,8 +2,9 @@
 
 Earth: `holdings` (what each outpost holds or will hold: its config commit, layers and
 images, from acks of our bundles and from its own sync reports) and `reports`.
-Outpost: `held_layers` / `held_images` (what the gateway put in the registry) and
-`releases` (each release received and how far it got).
+Outpost: `held_layers` / `held_images` (what the gateway put in the registry),
+`pending_images` (images that came before some of their layers did) and `releases` (each
+release received and how far it got).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ CREATE TABLE IF NOT EXISTS held_layers (
     digest TEXT PRIMARY KEY, repo TEXT NOT NULL, size INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS held_images (
     image_id TEXT NOT NULL, ref TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (image_id, ref));
+CREATE TABLE IF NOT EXISTS pending_images (
+    image_id TEXT NOT NULL, ref TEXT NOT NULL, facts TEXT NOT NULL, src TEXT NOT NULL,
+    since REAL NOT NULL, requested REAL, PRIMARY KEY (image_id, ref));
 CREATE TABLE IF NOT EXISTS releases (
     commit_id TEXT PRIMARY KEY, meta TEXT NOT NULL, received REAL NOT NULL,
     state TEXT NOT NULL, note TEXT NOT NULL DEFAULT '');
@@ -110,6 +114,25 @@ class ReleaseStore:
 
     def images(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.state.q("SELECT * FROM held_images ORDER BY at")]
+
+    def add_pending(self, facts: dict[str, Any], src: str, now: float) -> None:
+        with self.state.tx() as db:
+            db.execute("INSERT OR IGNORE INTO pending_images VALUES (?,?,?,?,?,NULL)",
+                       (facts["image_id"], facts["ref"], json.dumps(facts), src, now))
+
+    def pending_images(self) -> list[dict[str, Any]]:
+        rows = self.state.q("SELECT * FROM pending_images ORDER BY since")
+        return [{**dict(r), "facts": json.loads(r["facts"])} for r in rows]
+
+    def pending_requested(self, image_id: str, ref: str, now: float) -> None:
+        with self.state.tx() as db:
+            db.execute("UPDATE pending_images SET requested = ? WHERE image_id = ? AND ref = ?",
+                       (now, image_id, ref))
+
+    def drop_pending(self, image_id: str, ref: str) -> None:
+        with self.state.tx() as db:
+            db.execute("DELETE FROM pending_images WHERE image_id = ? AND ref = ?",
+                       (image_id, ref))
 
     # Outpost: releases received
     def set_release(self, commit: str, meta: dict[str, Any], state: str, note: str,
