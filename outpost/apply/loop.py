@@ -19,7 +19,7 @@ from typing import IO
 from ..errors import ConfigError
 from ..node.context import Node, log
 from ..release import git
-from ..store.applies import FAILED, SUPERSEDED, WAITING, ApplyRow, ApplyStore
+from ..store.applies import APPLIED, FAILED, SUPERSEDED, WAITING, ApplyRow, ApplyStore
 from ..store.releases import ReleaseStore
 from ..store.state import State
 from . import plan
@@ -167,7 +167,7 @@ class ApplyLoop:
                             clock=self.node.clock)
             row = runner.run(apply_id, mode)
             log.info("apply #%d of %s: %s%s", row.id, row.release, row.state,
-                     f" ({row.reason})" if row.reason and row.state != "applied" else "")
+                     f" ({row.reason})" if row.reason and row.state != APPLIED else "")
         except Exception as e:  # a bug must not end the loop: log it, try again later
             log.exception("apply #%d: unexpected error, trying again in %.0fs: %s", apply_id,
                           WORKER_FAULT_RETRY, e)
