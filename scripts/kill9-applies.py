@@ -8,9 +8,10 @@ the app's image (v1/v2) and start-up delay (0-1.5 s), the side service's environ
 three in ten have a health check that fails. After `publish`, the outpost node is killed
 with SIGKILL at a random moment (0.3-4 s), started again, and once the apply has ended:
 
-- a good release must end `applied`, a bad one `rolled-back`;
+- a good release must end `applied`, a bad one `rolled-back` (`failed` when nothing ran
+  before it);
 - exactly one container of ours per service runs, and no other container of ours exists
-  (not both versions, not neither).
+  (not both versions, not neither; none at all after a first release that failed).
 
 Needs `scripts/services start --outpost-docker` (it reads .services/env). Exit status 1 on
 any breach.
@@ -56,6 +57,7 @@ def main() -> int:
     outpost = services.client(site.outpost_docker)
     app, side = free_port(), free_port()
     problems: list[str] = []
+    applied = False
     site.start("--latency", "100ms", "--loss", "0.1", "--seed", str(args.seed))
     try:
         with running(*site.procs):
@@ -78,8 +80,10 @@ def main() -> int:
                 done = site.wait_outcome(commit, 120)
                 alive = sorted(c.labels["org.outpost.service"] for c in site.containers(outpost))
                 every = len(site.containers(outpost, all_=True))
-                ok = alive == ["app", "side"] and every == 2 and \
-                    done["state"] == ("rolled-back" if bad else "applied")
+                applied = applied or not bad
+                expected = "applied" if not bad else "rolled-back" if applied else "failed"
+                running_now = (["app", "side"], 2) if applied else ([], 0)
+                ok = done["state"] == expected and (alive, every) == running_now
                 print(f"release {n}: {'bad' if bad else 'good'}, {done['state']} after "
                       f"{done['attempts']} run(s); running {alive}, {every} container(s): "
                       f"{'ok' if ok else 'BREACH'}", flush=True)

@@ -46,7 +46,9 @@ class ApplyLoop:
 
     # called by the node's thread
     def start(self) -> None:
-        """The node runs: from now on the loop applies (a CLI's role only records)."""
+        """The node runs: from now on the loop applies (a CLI's role only records). An
+        apply waiting out a local fault is tried at once: a restart may have fixed it."""
+        self.store.retry_now(self.node.clock())
         self._started = True
 
     def poll(self) -> None:

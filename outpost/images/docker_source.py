@@ -31,8 +31,9 @@ def docker_client(base_url: str | None = None) -> Any:
         client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
         client.ping()
     except docker.errors.DockerException as e:
-        raise DockerError(f"no Docker daemon answers ({e}); start one (scripts/services "
-                          "start) or set DOCKER_HOST") from None
+        raise DockerError(f"no Docker daemon answers at {base_url or 'DOCKER_HOST'} ({e}); "
+                          "start one (scripts/services start), or point DOCKER_HOST (at an "
+                          "outpost: [outpost] docker in node.toml) at one") from None
     return client
 
 

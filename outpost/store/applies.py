@@ -184,6 +184,11 @@ class ApplyStore:
             db.execute("UPDATE applies SET state = ?, phase = ?, arrived = 0, attempts = 0, "
                        "updated = ? WHERE id = ?", (RUNNING, PREPARE, now, apply_id))
 
+    def retry_now(self, now: float) -> None:
+        with self.state.tx() as db:
+            db.execute("UPDATE applies SET retry_at = NULL, updated = ? WHERE state = ? AND "
+                       "retry_at IS NOT NULL", (now, RUNNING))
+
     def mark_reported(self, apply_id: int, state: str) -> None:
         with self.state.tx() as db:
             db.execute("UPDATE applies SET reported = ? WHERE id = ?", (state, apply_id))
