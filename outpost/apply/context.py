@@ -49,11 +49,21 @@ class ApplySettings:
             mode=mode,
             docker=docker or table.get("docker") or os.environ.get("OUTPOST_DOCKER") or None,
             registry=registry or table.get("registry") or os.environ.get("OUTPOST_REGISTRY"),
-            max_attempts=int(table.get("apply_attempts", cls.max_attempts)),
-            image_requests=int(table.get("image_requests", cls.image_requests)),
+            max_attempts=_count(table, "apply_attempts", cls.max_attempts, home),
+            image_requests=_count(table, "image_requests", cls.image_requests, home),
             request_retry=parse_duration(table.get("image_request_retry", cls.request_retry)),
             answer_timeout=timeout or max(600.0, 4 * home.settings.rtt),
             stop_timeout=parse_duration(table.get("stop_timeout", cls.stop_timeout)))
+
+
+def _count(table: dict[str, Any], key: str, default: int, home: Home) -> int:
+    value = table.get(key, default)
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{home.path / 'node.toml'}: [outpost] {key} must be a whole "
+                          f"number, 1 or more (got {value!r})")
+    return value
 
 
 @dataclass(frozen=True)
