@@ -10,6 +10,8 @@
     │   ├── IntegrityError        payload length or sha256 differs from the signed header
     │   ├── ExpiredBundle         its lifetime ended before it reached us
     │   ├── MisaddressedBundle    meant for another node
+    │   ├── NotRegularFile        a FIFO, device, directory or symlink where a bundle file
+    │   │                         should be (never opened in a way that could block)
     │   └── RefusedContent        arrived intact as signed, but what it says is refused
     │                             (history rewrite, a layer that is not its diff_id): the
     │                             receiver acks it so the sender stops, and reports it
@@ -80,6 +82,10 @@ class ExpiredBundle(BundleError):
 
 class MisaddressedBundle(BundleError):
     reason = "misaddressed"
+
+
+class NotRegularFile(BundleError):
+    reason = "not-a-file"
 
 
 class RefusedContent(BundleError):

@@ -14,17 +14,23 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import os
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from .codec.header import valid_node_name
 from .errors import ConfigError
 from .fsutil import atomic_write_bytes
-from .units import parse_duration, parse_size
+from .units import parse_address, parse_duration, parse_size
 
 ROLES = ("earth", "outpost")
 PUBKEY_PREFIX = "outpost-ed25519"
+APPLY_MODES = ("auto", "manual")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class Settings:
     max_bundle: int = 64 * 1024**3
     max_header: int = 64 * 1024
     quarantine_max: int = 1024**3
+    clock_skew: float = 600.0  # how far a peer's clock may be off before its bundles expire
 
     @property
     def rto_cap(self) -> float:
@@ -53,23 +60,61 @@ class Settings:
         return self.max_rto or max(60.0, 16 * self.rtt)
 
     @classmethod
-    def from_table(cls, table: dict[str, Any]) -> Settings:
-        durations = {"rtt", "lifetime", "ack_delay", "min_rto", "max_rto", "rescan"}
-        sizes = {"fragment_size", "max_bundle", "max_header", "quarantine_max", "bandwidth",
-                 "outbox_window"}
-        known = {f for f in cls.__dataclass_fields__}
-        values: dict[str, Any] = {}
-        for key, raw in table.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ConfigError(f"unknown setting [delivery] {key}")
-            if name in durations:
-                values[name] = parse_duration(raw)
-            elif name in sizes:
-                values[name] = parse_size(raw)
-            else:
-                values[name] = type(getattr(cls, name))(raw)
-        return cls(**values)
+    def from_table(cls, table: dict[str, Any], where: str = "[delivery]") -> Settings:
+        return _typed(cls, table, where,
+                      durations={"rtt", "lifetime", "ack_delay", "min_rto", "max_rto", "rescan",
+                                 "clock_skew"},
+                      sizes={"fragment_size", "max_bundle", "max_header", "quarantine_max",
+                             "bandwidth", "outbox_window"})
+
+
+@dataclass(frozen=True)
+class EarthSettings:
+    """node.toml's [earth] table."""
+
+    config: str = "config"  # the config repo, relative to the home
+    docker: str | None = None  # the Docker daemon images come from (default: DOCKER_HOST)
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], where: str = "[earth]") -> EarthSettings:
+        return _typed(cls, table, where)
+
+
+@dataclass(frozen=True)
+class OutpostSettings:
+    """node.toml's [outpost] table (docs/configuration.md)."""
+
+    registry: str | None = None  # the outpost registry, host:port (default: OUTPOST_REGISTRY)
+    docker: str | None = None  # the Docker daemon releases run on (default: DOCKER_HOST)
+    sync_interval: float = 6 * 3600.0  # ask Earth for what is missing this often (0: never)
+    sync_on_start: bool = True
+    apply: str = "auto"  # auto: apply each release once ready; manual: `outpost-node apply`
+    apply_attempts: int = 3  # runs of one interrupted apply before it is rolled back
+    image_requests: int = 3  # requests to Earth for the images one apply lacks
+    image_request_retry: float = 300.0  # ask again this long after Earth said it lacks one
+    answer_timeout: float = 0.0  # ask again when nothing came (0: 4 round trips, >= 10 min)
+    stop_timeout: float = 10.0  # a container's grace between SIGTERM and SIGKILL
+
+    def __post_init__(self) -> None:
+        if self.apply not in APPLY_MODES:
+            raise ConfigError(f"apply must be one of {', '.join(APPLY_MODES)} "
+                              f"(got {self.apply!r})")
+        for name in ("apply_attempts", "image_requests"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be 1 or more")
+        if self.registry is not None:
+            parse_address(self.registry)
+        if self.docker is not None and "://" not in self.docker:
+            raise ConfigError(f"docker must be a URL such as unix:///var/run/docker.sock "
+                              f"(got {self.docker!r})")
+
+    def answer_wait(self, rtt: float) -> float:
+        return self.answer_timeout or max(600.0, 4 * rtt)
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], where: str = "[outpost]") -> OutpostSettings:
+        return _typed(cls, table, where, durations={
+            "sync_interval", "image_request_retry", "answer_timeout", "stop_timeout"})
 
 
 @dataclass(frozen=True)
@@ -78,7 +123,8 @@ class Home:
     name: str
     role: str
     settings: Settings = field(default_factory=Settings)
-    raw: dict[str, Any] = field(default_factory=dict)
+    earth: EarthSettings = field(default_factory=EarthSettings)
+    outpost: OutpostSettings = field(default_factory=OutpostSettings)
 
     @property
     def inbox(self) -> Path:
@@ -95,6 +141,28 @@ class Home:
     @property
     def spool(self) -> Path:
         return self.path / "spool"
+
+    @property
+    def custody(self) -> Path:
+        return self.spool / "custody"
+
+    @property
+    def reasm(self) -> Path:
+        return self.spool / "reasm"
+
+    @property
+    def staging(self) -> Path:
+        return self.spool / "staging"
+
+    @property
+    def config_repo(self) -> Path:
+        """Earth's config repository."""
+        return self.path / self.earth.config
+
+    @property
+    def mirror(self) -> Path:
+        """The outpost's bare mirror of Earth's config repository."""
+        return self.path / "config.git"
 
     @property
     def state_db(self) -> Path:
@@ -121,6 +189,11 @@ class Home:
         return read_pubkey_file(self.pub_file)[1]
 
 
+def role_phrase(role: str) -> str:
+    """"an Earth" / "an outpost", for messages about homes."""
+    return "an Earth" if role == "earth" else "an outpost"
+
+
 def node_toml(path: Path) -> Path:
     return path / "node.toml"
 
@@ -130,7 +203,9 @@ def is_home(path: Path) -> bool:
 
 
 def load_home(path: Path) -> Home:
-    """Read HOME/node.toml; a clear ConfigError if it is missing or invalid."""
+    """Read HOME/node.toml; a clear ConfigError naming the file and key if it is missing or
+    invalid. The outpost's registry and Docker daemon default to OUTPOST_REGISTRY and
+    OUTPOST_DOCKER from the environment."""
     path = Path(path).resolve()
     toml = node_toml(path)
     try:
@@ -146,12 +221,74 @@ def load_home(path: Path) -> Home:
         raise ConfigError(f"{toml}: name must be letters, digits, - or _ (got {name!r})")
     if role not in ROLES:
         raise ConfigError(f"{toml}: role must be one of {', '.join(ROLES)} (got {role!r})")
-    settings = Settings.from_table(data.get("delivery", {}))
-    return Home(path=path, name=name, role=role, settings=settings, raw=data)
+    unknown = sorted(set(data) - {"name", "role", "delivery", "earth", "outpost"})
+    if unknown:
+        raise ConfigError(f"{toml}: unknown setting {unknown[0]!r} (known: name, role, "
+                          "[delivery], [earth], [outpost])")
+    outpost = OutpostSettings.from_table(_table(data, "outpost", toml), f"{toml}: [outpost]")
+    outpost = replace(outpost, registry=outpost.registry or os.environ.get("OUTPOST_REGISTRY"),
+                      docker=outpost.docker or os.environ.get("OUTPOST_DOCKER"))
+    return Home(path=path, name=name, role=role,
+                settings=Settings.from_table(_table(data, "delivery", toml),
+                                             f"{toml}: [delivery]"),
+                earth=EarthSettings.from_table(_table(data, "earth", toml), f"{toml}: [earth]"),
+                outpost=outpost)
+
+
+def _table(data: dict[str, Any], name: str, toml: Path) -> dict[str, Any]:
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{toml}: {name} must be a table ([{name}])")
+    return table
+
+
+def _typed(cls: type[T], table: dict[str, Any], where: str, *,
+           durations: Iterable[str] = (), sizes: Iterable[str] = ()) -> T:
+    """A settings dataclass from a TOML table: each key known, each value of its type
+    (durations such as "30s", sizes such as "2M"); a ConfigError names the key."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            raise ConfigError(f"{where}: unknown setting {key!r} (known: "
+                              f"{', '.join(sorted(fields))})")
+        try:
+            values[name] = _value(raw, fields[name].default, name in set(durations),
+                                  name in set(sizes))
+        except (ConfigError, ValueError, TypeError) as e:
+            raise ConfigError(f"{where}: {key} = {raw!r}: {e}") from None
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _value(raw: Any, default: Any, duration: bool, size: bool) -> Any:
+    if duration:
+        return parse_duration(raw)
+    if size:
+        return parse_size(raw)
+    if isinstance(default, bool):
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() in ("true", "false"):
+            return str(raw).lower() == "true"
+        raise ValueError("must be true or false")
+    if isinstance(default, int):
+        if isinstance(raw, bool) or not str(raw).strip().lstrip("-").isdigit():
+            raise ValueError("must be a whole number")
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if not isinstance(raw, str):
+        raise ValueError("must be a string")
+    return raw
 
 
 def valid_name(name: str) -> bool:
-    return bool(name) and len(name) <= 64 and all(c.isalnum() or c in "-_" for c in name)
+    """A node name: what the bundle header accepts (ASCII letters, digits, - and _)."""
+    return valid_node_name(name)
 
 
 def format_pubkey(name: str, key: bytes) -> str:

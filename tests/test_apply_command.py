@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from outpost.apply.context import ApplySettings
 from outpost.apply.loop import apply_by_hand, previous_release, resolve_release
 from outpost.errors import ConfigError
 from outpost.home import load_home
@@ -33,7 +32,7 @@ class Outpost:
         self.work = root / "work"
         git("init", "-q", "-b", "main", str(self.work))
         git("init", "-q", "--bare", "-b", "main", str(home.path / "config.git"))
-        self.settings = ApplySettings.from_home(self.node.home)
+        self.settings = self.node.home.outpost
         self.lines: list[str] = []
 
     def release(self, command: list[str], *, timeout: str = "30s",

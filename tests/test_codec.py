@@ -458,9 +458,16 @@ def test_damaged_file_on_disk(tmp_path: Path) -> None:
 
 def test_bad_magic() -> None:
     bundle = SMALL["none"]
-    for bad in (b"OPB2" + bundle[4:], b"opb1" + bundle[4:], b"", b"PK\x03\x04" + bundle[4:]):
+    for bad in (b"OPB2" + bundle[4:], b"opb1" + bundle[4:], b"X", b"PK\x03\x04" + bundle[4:]):
         err = reject(bad)
         assert isinstance(err, MalformedBundle) and err.reason == "bad-magic"
+
+
+def test_a_file_that_is_only_the_start_of_the_magic_is_truncated_not_bad() -> None:
+    """A writer that does not write atomically has just created it: wait, do not refuse."""
+    for start in (b"", b"O", b"OPB"):
+        err = reject(start)
+        assert isinstance(err, TruncatedBundle), (start, err)
 
 
 @pytest.mark.parametrize("declared", [LIMITS.max_header + 1, 2**32 - 1])

@@ -94,3 +94,26 @@ def test_two_echoes_by_default_and_force_sends_everything_now() -> None:
     assert b.due(0.0, force=True) == []
     b.add("mars", "b", now=1.0)
     assert b.next_due() == 11.0, "forcing must not leave a batch that is never due"
+
+
+def test_a_late_bundle_is_resent_only_on_evidence_of_loss() -> None:
+    from outpost.delivery import resend_now
+
+    # a bundle taken after it was acked already: this one was lost
+    assert resend_now(taken_at=10.0, acked_after=11.0, last_ack=19.9, now=20.0, rto=2.0)
+    # the peer is still acking what came before it: only waiting its turn in a backlog
+    assert not resend_now(taken_at=10.0, acked_after=10.0, last_ack=19.9, now=20.0, rto=2.0)
+    # no ack for a whole RTO: stalled, or everything since was lost
+    assert resend_now(taken_at=10.0, acked_after=10.0, last_ack=17.5, now=20.0, rto=2.0)
+    assert resend_now(taken_at=10.0, acked_after=0.0, last_ack=None, now=20.0, rto=2.0)
+
+
+def test_a_unit_is_cut_only_when_the_link_seems_not_to_carry_it() -> None:
+    from outpost.delivery import too_big
+
+    mib = 1 << 20
+    assert not too_big(mib, 2, since=5.0, last_ack=9.0, frag_size=mib), "sent twice only"
+    assert too_big(mib, 3, since=5.0, last_ack=9.0, frag_size=mib), "others got through"
+    assert not too_big(mib, 3, since=5.0, last_ack=4.0, frag_size=mib), "peer silent"
+    assert too_big(mib, 6, since=5.0, last_ack=4.0, frag_size=mib), "silent, but long"
+    assert not too_big(mib // 16, 9, since=5.0, last_ack=9.0, frag_size=mib), "floor"

@@ -65,7 +65,7 @@ def queue_file(earth: Home, path: Path) -> str:
 def reassembled(mars: Home, msg_id: str) -> int:
     state = State(mars.state_db)
     try:
-        row = state.reasm(msg_id)
+        row = state.reasm("earth", msg_id)
         return int(row["received"]) if row is not None else 0
     finally:
         state.close()
@@ -177,5 +177,64 @@ def test_nothing_crosses_during_a_contact_gap(tmp_path: Path,
         wait_for(lambda: len(received(mars)) == 20, 30, "everything after the gap")
         arrivals = [p.stat().st_mtime for p in received(mars)]
         assert min(arrivals) >= origin + 12
+    assert_clean_log(earth.path)
+    assert_clean_log(mars.path)
+
+
+def test_fragments_too_big_for_the_contact_windows_are_cut_until_they_fit(
+        tmp_path: Path, homes: tuple[Home, Home]) -> None:
+    """Windows of 1 s at 768 KiB/s: a 1 MiB fragment never fits, its halves do."""
+    earth, mars = homes
+    plan = tmp_path / "plan.txt"
+    plan.write_text("0s 1s\nrepeat 2s\n")
+    link = start_link(earth.path, mars.path, tmp_path / "link", "--latency", "50ms",
+                      "--bandwidth", "768k", "--contact-plan", str(plan))
+    data = tmp_path / "big.bin"
+    digest = random_file(data, 2 << 20)
+    procs = [link, start_node(earth.path, "earth"), start_node(mars.path, "outpost")]
+    with running(*procs):
+        node = open_node(load_home(earth.path))
+        with open(data, "rb") as f:
+            Sender(node).submit("mars", "file", f, meta={"name": "big.bin"})
+        for i in range(5):  # small traffic that does get through, as a link would carry
+            Sender(node).submit("mars", "file", io.BytesIO(b"ping"), meta={"name": f"p{i}"})
+        node.state.close()
+        wait_for(lambda: (mars.received / "earth" / "big.bin").exists(), 120,
+                 "the 2 MiB file through windows shorter than a fragment")
+        assert sha_of(mars.received / "earth" / "big.bin") == digest
+        log = (earth.path / "node.log").read_text()
+        assert "cut in two" in log
+    assert_clean_log(earth.path)
+    assert_clean_log(mars.path)
+
+
+def test_an_exported_message_imported_by_hand_leaves_custody_once_acked(
+        tmp_path: Path, homes: tuple[Home, Home]) -> None:
+    """Removable media one way, the link the other: the outpost's ack of the whole message
+    crosses the link and Earth's custody entry goes (it stayed IN FLIGHT for good)."""
+    earth, mars = homes
+    data = tmp_path / "carried.bin"
+    random_file(data, 3 << 20)
+    node = open_node(load_home(earth.path))
+    with open(data, "rb") as f:
+        msg = Sender(node).submit("mars", "file", f, meta={"name": "carried.bin"},
+                                  via_link=False)
+    node.state.close()
+    assert msg.units > 1
+    (mars.inbox / f"{msg.id}.opb").write_bytes(Path(msg.path).read_bytes())
+    link = start_link(earth.path, mars.path, tmp_path / "link", "--latency", "100ms")
+    procs = [link, start_node(earth.path, "earth"), start_node(mars.path, "outpost")]
+    with running(*procs):
+        wait_for(lambda: (mars.received / "earth" / "carried.bin").exists(), 30,
+                 "the carried message delivered")
+
+        def released() -> bool:
+            state = State(earth.state_db)
+            try:
+                found = state.message(msg.id)
+                return found is not None and found.state == "delivered"
+            finally:
+                state.close()
+        wait_for(released, 30, "Earth to let go of its custody copy")
     assert_clean_log(earth.path)
     assert_clean_log(mars.path)

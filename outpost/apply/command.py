@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ApplyFailed, GitError, ImagesMissing
+from ..home import OutpostSettings
 from ..release import git
 from ..units import format_duration
-from .context import ApplySettings, Job, Paths, Stopping
+from .context import Job, Paths, Stopping
 from .missing import missing_images
 
 TAIL_LINES = 15
@@ -42,7 +43,7 @@ KILL_GRACE = 10.0
 class CommandApplier:
     name = "command"
 
-    def __init__(self, settings: ApplySettings, paths: Paths, stop: threading.Event) -> None:
+    def __init__(self, settings: OutpostSettings, paths: Paths, stop: threading.Event) -> None:
         self.settings, self.paths, self.stop = settings, paths, stop
 
     def prepare(self, job: Job) -> None:

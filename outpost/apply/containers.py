@@ -34,9 +34,10 @@ import docker.errors
 import requests.exceptions
 
 from ..errors import ApplyFailed, DockerError, ImagesMissing
+from ..home import OutpostSettings
 from ..images.docker_source import docker_client
 from ..release.config import Health
-from .context import ApplySettings, Job
+from .context import Job
 from .health import wait_healthy
 from .spec import RELEASE, SERVICE, SITE, SPEC, container_spec, health_of, labels, parse_port
 
@@ -56,7 +57,7 @@ def docker_faults(what: str) -> Iterator[None]:
 class DockerApplier:
     name = "docker"
 
-    def __init__(self, settings: ApplySettings, site: str, node: str,
+    def __init__(self, settings: OutpostSettings, site: str, node: str,
                  stop: threading.Event) -> None:
         self.settings, self.site, self.node, self.stop = settings, site, node, stop
         self.client = docker_client(settings.docker)

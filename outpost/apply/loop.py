@@ -9,21 +9,20 @@ HOME/apply.lock while they work.
 
 from __future__ import annotations
 
-import fcntl
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import IO
+from collections.abc import Callable
+from typing import BinaryIO
 
 from ..errors import ConfigError
+from ..fsutil import try_lock, waiting_lock
+from ..home import OutpostSettings
 from ..node.context import Node, log
 from ..release import git
 from ..store.applies import APPLIED, FAILED, SUPERSEDED, WAITING, ApplyRow, ApplyStore
 from ..store.releases import ReleaseStore
 from ..store.state import State
 from . import plan
-from .context import ApplySettings, Paths
+from .context import Paths
 from .runner import DO_COMMIT, DO_ROLLBACK, RUN, Runner
 
 Report = Callable[[ApplyRow], None]
@@ -31,14 +30,14 @@ WORKER_FAULT_RETRY = 60.0
 
 
 class ApplyLoop:
-    def __init__(self, node: Node, settings: ApplySettings, report: Report,
+    def __init__(self, node: Node, settings: OutpostSettings, report: Report,
                  request: Report) -> None:
         self.node, self.settings = node, settings
         self.report, self.request = report, request
         self.store = ApplyStore(node.state)
         self.releases = ReleaseStore(node.state)
         self.paths = Paths(node.home)
-        self.limits = plan.Limits(settings.max_attempts, settings.image_requests)
+        self.limits = plan.Limits(settings.apply_attempts, settings.image_requests)
         self.stopping = threading.Event()
         self.wake: Callable[[], None] = lambda: None
         self._worker: threading.Thread | None = None
@@ -76,7 +75,7 @@ class ApplyLoop:
         active, now = self.store.active(), self.node.clock()
         if active is None or active.state != WAITING or not set(refs) & set(active.wanted):
             return
-        later = now + self.settings.request_retry
+        later = now + self.settings.image_request_retry
         self.store.update(active.id, now, reason=f"Earth: {reason}",
                           next_request=later if active.requests < self.limits.max_requests
                           else now)
@@ -100,7 +99,7 @@ class ApplyLoop:
             order = {c: i for i, c in enumerate(reversed(history))}
         current = self.store.current()
         return plan.next_step(ready, order, tried, current.commit if current else None,
-                              active, now, self.limits, auto=self.settings.mode == "auto")
+                              active, now, self.limits, auto=self.settings.apply == "auto")
 
     def _do(self, step: plan.Step, now: float) -> None:
         if step.action == plan.START:
@@ -118,7 +117,8 @@ class ApplyLoop:
             row = self.store.get(step.apply_id)
             self.request(row)
             self.store.update(row.id, now, requests=row.requests + 1,
-                              next_request=now + self.settings.answer_timeout)
+                              next_request=now + self.settings.answer_wait(
+                                  self.node.home.settings.rtt))
         elif step.action == plan.FAIL and step.apply_id is not None:
             log.warning("apply #%d failed: %s", step.apply_id, step.reason)
             self.store.finish(step.apply_id, FAILED, now, reason=step.reason)
@@ -155,13 +155,13 @@ class ApplyLoop:
         self._run_worker(apply_id, mode, lock)
         return True
 
-    def _run_worker(self, apply_id: int, mode: str, lock: IO[bytes]) -> None:
+    def _run_worker(self, apply_id: int, mode: str, lock: BinaryIO) -> None:
         self._worker = threading.Thread(target=self._work, args=(apply_id, mode, lock),
                                         name=f"apply-{apply_id}", daemon=True)
         self._worker.start()
 
     # the worker thread
-    def _work(self, apply_id: int, mode: str, lock: IO[bytes]) -> None:
+    def _work(self, apply_id: int, mode: str, lock: BinaryIO) -> None:
         state: State | None = None
         try:
             state = State(self.node.home.state_db)
@@ -185,11 +185,11 @@ class ApplyLoop:
 
 
 # by hand
-def apply_by_hand(node: Node, settings: ApplySettings, commit: str, trigger: str,
+def apply_by_hand(node: Node, settings: OutpostSettings, commit: str, trigger: str,
                   echo: Callable[[str], None]) -> ApplyRow:
     """Apply `commit` now, in this process (the node may be running or not)."""
     paths = Paths(node.home)
-    with wait_lock(paths.lock, lambda: echo("another apply is running; waiting for it")):
+    with waiting_lock(paths.lock, lambda: echo("another apply is running; waiting for it")):
         store = ApplyStore(node.state)
         now = node.clock()
         active = store.active()
@@ -236,26 +236,3 @@ def previous_release(node: Node) -> str:
             return commit
     raise ConfigError(f"release {current.commit[:12]} is the oldest applied here: nothing "
                       "ran before it")
-
-
-def try_lock(path: Path) -> IO[bytes] | None:
-    f = open(path, "ab")  # noqa: SIM115 - returned, closed by the holder
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        return None
-    return f
-
-
-@contextmanager
-def wait_lock(path: Path, on_wait: Callable[[], None]) -> Iterator[None]:
-    f = try_lock(path)
-    if f is None:
-        on_wait()
-        f = open(path, "ab")  # noqa: SIM115 - closed below
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        f.close()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from ..release.manifest import IMAGE_REF
+from ..release.manifest import IMAGE_REF, split_ref
 
 _QUOTES = "'\"`,.;:()[]"
 _PATTERNS = [re.compile(p, re.IGNORECASE) for p in (
@@ -52,9 +52,6 @@ def normalise(raw: str) -> str | None:
     ref = raw.strip(_QUOTES)
     if "@" in ref:
         return None
-    first, sep, rest = ref.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        ref = rest  # a registry host, not part of the name Earth knows
-    if not IMAGE_REF.match(ref):
-        return None
-    return ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
+    _host, name, tag = split_ref(ref)
+    ref = f"{name}:{tag or 'latest'}"
+    return ref if IMAGE_REF.match(ref) else None

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from ..errors import ApplyFailed, ConfigError, GitError, ImagesMissing, LocalError
 from ..gateway.registry import Registry, image_ref_parts
-from ..home import Home
+from ..home import Home, OutpostSettings
 from ..release import git
 from ..release.config import parse_release_config
 from ..release.manifest import Release
@@ -48,7 +48,7 @@ from ..store.releases import ReleaseStore
 from ..store.state import State
 from .command import CommandApplier
 from .containers import DockerApplier
-from .context import ApplyLog, ApplySettings, Job, Paths, Stopping
+from .context import ApplyLog, Job, Paths, Stopping
 
 LOCAL_RETRY = (30.0, 600.0)  # first and longest wait after a local fault
 RUN, DO_ROLLBACK, DO_COMMIT = "run", "rollback", "commit"
@@ -70,7 +70,7 @@ def site_id(home: Home) -> str:
 
 
 class Runner:
-    def __init__(self, home: Home, state: State, settings: ApplySettings,
+    def __init__(self, home: Home, state: State, settings: OutpostSettings,
                  stop: threading.Event | None = None, *,
                  echo: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..apply.context import ApplySettings, Paths
+from ..apply.context import Paths
 from ..node.context import Node
 from ..store.applies import APPLIED, FINAL, WAITING, ApplyStore
 from ..store.releases import ReleaseStore
@@ -54,7 +54,7 @@ def _run(node: Node, commit: str, trigger: str, as_json: bool) -> None:
     if not as_json:
         click.echo(f"applying {commit[:12]} ({trigger}); log: "
                    f"{Paths(node.home).log_file(commit)}", err=True)
-    row = apply_by_hand(node, ApplySettings.from_home(node.home), commit, trigger, echo)
+    row = apply_by_hand(node, node.home.outpost, commit, trigger, echo)
     if as_json:
         emit_json(row.to_json())
     else:

@@ -10,12 +10,15 @@ from typing import Any
 import click
 
 from ..codec import BULK, EXPEDITED, NORMAL
+from ..delivery import clock_verdict
 from ..errors import BundleError, ConfigError, OutpostError
-from ..home import ROLES, load_home
+from ..fsutil import lock_holder, try_lock
+from ..home import ROLES, is_home, load_home
 from ..node.context import open_node
 from ..node.sender import Sender
-from ..node.setup import init_home, trust_peer
+from ..node.setup import init_home, repair_home, trust_peer
 from ..store.spool import bundle_files, read_reason
+from ..store.state import ACKED, FAILED, FLIGHT, SENDING
 from ..units import parse_duration
 from .applies import apply_commands, apply_status, print_apply_status
 from .bundles import bundles
@@ -30,7 +33,7 @@ DOCKER = click.option("--docker", metavar="URL",
                            "e.g. unix:///var/run/docker.sock.")
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="outpost")
 def cli() -> None:
     """Outpost node: keep a remote site's services up to date over a slow, lossy link."""
@@ -79,7 +82,8 @@ def trust(home: Path, peer: Path) -> None:
 
 
 @cli.command()
-@click.option("--role", required=True, type=click.Choice(ROLES))
+@click.option("--role", type=click.Choice(ROLES),
+              help="earth or outpost: needed only to create the home (node.toml records it).")
 @HOME
 @click.option("--name", help="Node name, if the home is created now.")
 @click.option("--trust", "peers", multiple=True, type=click.Path(exists=True, path_type=Path),
@@ -90,22 +94,57 @@ def trust(home: Path, peer: Path) -> None:
               help="Outpost: the registry the gateway imports images into.")
 @DOCKER
 @click.option("-v", "--verbose", is_flag=True, help="Log every bundle.")
-def start(role: str, home: Path, name: str | None, peers: tuple[Path, ...],
+def start(role: str | None, home: Path, name: str | None, peers: tuple[Path, ...],
           settings: tuple[str, ...], registry: str | None, docker: str | None,
           verbose: bool) -> None:
     """Run the node in the foreground until SIGINT or SIGTERM."""
     from ..node.daemon import Daemon  # the daemon's libraries only where it runs
     from ..roles import make_role
 
+    if role is None:
+        if not is_home(home):
+            raise ConfigError(f"{home} is not a node home yet: pass --role earth|outpost to "
+                              "create it, or `outpost-node init` it first")
+        role = load_home(home).role
     h = init_home(home, role, name, _pairs(settings), registry=registry, docker=docker)
-    if h.role != role:
-        raise ConfigError(f"{h.path} is a {h.role} home, not {role}")
     for p in peers:
         trust_peer(h, p)
     setup_logging(h.name, h.path / "node.log", verbose)
-    daemon = Daemon(open_node(h))
+    daemon = Daemon(open_node(h, check=True))
     daemon.attach(make_role(daemon.node, daemon.sender, registry, docker))
     daemon.run()
+
+
+@cli.command()
+@HOME
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def repair(home: Path, as_json: bool) -> None:
+    """Rebuild a lost or damaged state.db from the home (peers, messages in custody).
+
+    Run it with the node stopped. A damaged database is kept aside as state.db.damaged-TIME.
+    The ids of what was delivered here cannot be rebuilt: a peer's resend of something
+    already delivered may be delivered once more.
+
+    Example: outpost-node repair --home /srv/mars
+    """
+    h = load_home(home)
+    lock = try_lock(h.path / "node.lock")
+    if lock is None:
+        raise ConfigError(f"a node runs on {h.path} (pid {lock_holder(h.path / 'node.lock')}): "
+                          "stop it before repairing its state")
+    try:
+        done = repair_home(h, time.time())
+    finally:
+        lock.close()
+    if as_json:
+        emit_json(done)
+        return
+    click.echo(f"rebuilt {done['state']}" + (f"; the damaged one is {done['kept_aside']}"
+                                              if done["kept_aside"] else ""))
+    click.echo(f"peers: {', '.join(done['peers']) or 'none (trust them again)'}")
+    click.echo(f"messages back in custody, to be sent again: {len(done['custody'])}")
+    for line in done["custody_skipped"]:
+        click.echo(f"  skipped {line}")
 
 
 @cli.command()
@@ -147,26 +186,35 @@ def status(home: Path, as_json: bool) -> None:
 def status_info(home: Any) -> dict[str, Any]:
     node = open_node(home)
     st, now = node.state, time.time()
+    s = home.settings
     peers = []
     for peer in node.peers():
-        est = st.rtt(peer, home.settings.rtt)
+        est = st.rtt(peer, s.rtt)
+        offset = st.clock_offset(peer)
         peers.append({"name": peer, "srtt": est.srtt, "rtt_samples": est.samples,
-                      "outbox_files": len(bundle_files(home.outbox(peer)))})
+                      "outbox_files": len(bundle_files(home.outbox(peer))),
+                      "clock_offset": offset,
+                      "clock": clock_verdict(offset, s.clock_skew, s.rtt)})
     sending = []
-    for m in st.messages("sending"):
+    for m in st.messages(SENDING):
         units = st.units_of(m.id)
         sending.append({"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size,
-                        "units": m.units, "acked": sum(u.state == "acked" for u in units),
-                        "in_flight": sum(u.state == "flight" for u in units),
-                        "age": now - m.created, "expires_in": m.expires - now})
+                        "units": m.units, "acked": sum(u.state == ACKED for u in units),
+                        "in_flight": sum(u.state == FLIGHT for u in units),
+                        "age": now - m.created, "expires_in": m.expires - now,
+                        "resent_whole": m.rounds})
+    failed = [{"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size,
+               "why": m.meta.get("why", ""), "age": now - m.created}
+              for m in st.messages(FAILED)]
     reasm = [{"parent": r["parent"], "src": r["src"], "kind": r["kind"], "total": r["total"],
-              "received": r["received"], "count": r["count"]} for r in st.reassemblies()]
+              "received": r["received"], "fragments": r["count"]}
+             for r in st.reassemblies()]
     quarantined = [{"file": p.name, "reason": q.reason, "error": q.error}
                    for p in bundle_files(home.quarantine) if (q := read_reason(p))]
     info = {"name": home.name, "role": home.role, "home": str(home.path), "peers": peers,
-            "sending": sending, "reassembling": reasm,
+            "sending": sending, "failed": failed, "reassembling": reasm,
             "inbox_files": len(bundle_files(home.inbox)),
-            "delivered_seen": len(st.q("SELECT id FROM seen")),
+            "delivered_seen": st.seen_count(),
             "quarantine": quarantined, **release_status(node), **apply_status(node)}
     st.close()
     return info
@@ -174,17 +222,20 @@ def status_info(home: Any) -> dict[str, Any]:
 
 def _print_status(info: dict[str, Any]) -> None:
     click.echo(f"{info['role']} node {info['name']} at {info['home']}")
-    table(["PEER", "RTT", "SAMPLES", "OUTBOX"],
-          [[p["name"], age(p["srtt"]), p["rtt_samples"], p["outbox_files"]]
+    table(["PEER", "RTT", "SAMPLES", "OUTBOX", "CLOCK"],
+          [[p["name"], age(p["srtt"]), p["rtt_samples"], p["outbox_files"],
+            p["clock"] or ("ok" if p["clock_offset"] is not None else "-")]
            for p in info["peers"]])
     click.echo(f"\nsending ({len(info['sending'])}):")
     table(["ID", "KIND", "TO", "SIZE", "ACKED", "IN FLIGHT", "AGE", "EXPIRES IN"],
           [[m["id"][:16], m["kind"], m["peer"], size(m["size"]), f"{m['acked']}/{m['units']}",
             m["in_flight"], age(m["age"]), age(m["expires_in"])] for m in info["sending"]])
+    for m in info["failed"]:
+        click.echo(f"  FAILED {m['id'][:16]} {m['kind']} to {m['peer']}: {m['why']}")
     click.echo(f"\nreassembling ({len(info['reassembling'])}):")
-    table(["PARENT", "FROM", "KIND", "SIZE", "FRAGMENTS"],
+    table(["PARENT", "FROM", "KIND", "SIZE", "RECEIVED"],
           [[r["parent"][:16], r["src"], r["kind"], size(r["total"]),
-            f"{r['received']}/{r['count']}"] for r in info["reassembling"]])
+            f"{100 * r['received'] / max(r['total'], 1):.0f}%"] for r in info["reassembling"]])
     click.echo(f"\ninbox: {info['inbox_files']} file(s); delivered ids remembered: "
                f"{info['delivered_seen']}; quarantined: {len(info['quarantine'])}")
     for q in info["quarantine"][-5:]:
@@ -207,4 +258,8 @@ def main() -> None:
     except OutpostError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
+    except OSError as e:  # a full disk, a file that went away: one line, not a traceback
+        where = f" ({e.filename})" if e.filename else ""
+        click.echo(f"error: {e.strerror or e}{where}", err=True)
+        sys.exit(1)
 

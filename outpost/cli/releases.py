@@ -12,7 +12,7 @@ import click
 from ..codec import MAGIC
 from ..errors import ConfigError, GitError
 from ..fsutil import atomic_writer
-from ..home import load_home
+from ..home import load_home, role_phrase
 from ..node.context import Node, open_node
 from ..node.sender import Sender
 from ..release import git
@@ -27,7 +27,8 @@ JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for scri
 def node_of_role(home: Path, role: str) -> Node:
     h = load_home(home)
     if h.role != role:
-        raise ConfigError(f"{h.path} is a {h.role} home; this command needs a {role} home")
+        raise ConfigError(f"{h.path} is {role_phrase(h.role)} home; this command needs "
+                          f"{role_phrase(role)} home")
     return open_node(h)
 
 
@@ -131,7 +132,7 @@ release_commands = [publish, export, sync, import_]
 def release_status(node: Node) -> dict[str, Any]:
     store = ReleaseStore(node.state)
     if node.home.role == "earth":
-        repo = node.home.path / "config"
+        repo = node.home.config_repo
         outposts = [{"peer": p, "commit": store.commit_of(p),
                      "layers": len(store.holding(p, LAYER)),
                      "images": len(store.holding(p, IMAGE))} for p in node.peers()]
@@ -141,7 +142,7 @@ def release_status(node: Node) -> dict[str, Any]:
             config_head = None
         return {"config_head": config_head,
                 "outposts": outposts, "reports": store.reports(10)}
-    mirror = node.home.path / "config.git"
+    mirror = node.home.mirror
     return {"mirror_head": git.mirror_head(mirror) if mirror.exists() else None,
             "releases": [{k: v for k, v in r.items() if k != "meta"}
                          for r in store.releases()],

@@ -7,6 +7,7 @@ edge that touches the filesystem.
 from .files import (
     Inspection,
     PartWriter,
+    fragment_at,
     fragment_count,
     fragment_header,
     inspect,
@@ -59,6 +60,7 @@ __all__ = [
     "PayloadEncoder",
     "decode_header",
     "encode_header",
+    "fragment_at",
     "fragment_count",
     "fragment_header",
     "head_bytes",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import BundleError, IntegrityError
-from ..fsutil import atomic_writer
+from ..fsutil import atomic_writer, open_regular
 from .header import Fragment, Header, Limits, Payload
 from .wire import CHUNK, Keyring, PayloadEncoder, head_bytes, iter_payload, open_verified
 
@@ -110,11 +110,19 @@ def fragment_count(total: int, size: int) -> int:
 
 
 def fragment_header(parent: Header, index: int, total: int, size: int) -> Header:
-    """The header of fragment `index` of a parent bundle file of `total` bytes."""
+    """The header of fragment `index` of a parent bundle file of `total` bytes cut in
+    fragments of `size`."""
     offset = index * size
-    length = min(size, total - offset)
-    frag = Fragment(parent=parent.id, index=index, count=fragment_count(total, size),
-                    offset=offset, total=total)
+    return fragment_at(parent, index, fragment_count(total, size), offset,
+                       min(size, total - offset), total)
+
+
+def fragment_at(parent: Header, index: int, count: int, offset: int, length: int,
+                total: int) -> Header:
+    """The header of fragment `index`: bytes [offset, offset + length) of the parent. A
+    fragment the link could not carry is cut again, so indexes go on past the first count:
+    the receiver reassembles by byte range."""
+    frag = Fragment(parent=parent.id, index=index, count=count, offset=offset, total=total)
     return replace(parent, id=f"{parent.id}.{index}", fragment=frag, meta={},
                    payload=Payload("none", length, length))
 
@@ -149,7 +157,7 @@ def read_payload(path: Path, keyring: Keyring, limits: Limits,
     Raises a BundleError at the first problem; the sink may have received data by then,
     so it must be a staging area that is discarded on error.
     """
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         header = open_verified(f, keyring, limits)
         for chunk in iter_payload(f, header):
             sink(chunk)
@@ -177,10 +185,10 @@ def inspect(path: Path, keyring: Keyring, limits: Limits, *, full: bool = False)
     """
     from .wire import read_head, verify_signature
 
-    size = path.stat().st_size
+    size = path.lstat().st_size
     header = None
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             header, signed, signature = read_head(f, limits)
             verify_signature(header, signed, signature, keyring)
             if full:

@@ -21,6 +21,11 @@ _NAME = re.compile(r"^[0-9A-Za-z_-]{1,64}\Z")
 _KIND = re.compile(r"^[a-z][a-z0-9._-]{0,63}\Z")
 
 
+def valid_node_name(name: object) -> bool:
+    """Node names as bundles carry them in `src` and `dst`: the one rule for them."""
+    return isinstance(name, str) and _NAME.match(name) is not None
+
+
 @dataclass(frozen=True)
 class Limits:
     """What a reader accepts; everything a peer declares is checked against these."""
@@ -195,7 +200,7 @@ def validate(h: Header, limits: Limits) -> None:
     if not _KIND.match(h.kind):
         raise bad(f"bad kind {h.kind!r}")
     for name in (h.src, h.dst):
-        if not _NAME.match(name):
+        if not valid_node_name(name):
             raise bad(f"bad node name {name!r}")
     if h.priority not in PRIORITY_NAMES:
         raise bad(f"bad priority {h.priority}")

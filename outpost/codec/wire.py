@@ -58,8 +58,10 @@ def read_exact(f: BinaryIO, n: int, what: str) -> bytes:
 def read_head(f: BinaryIO, limits: Limits) -> tuple[Header, bytes, bytes]:
     """Parse the head without checking the signature: (header, signed bytes, signature)."""
     prefix = f.read(PREFIX.size)
-    if len(prefix) < len(MAGIC) or prefix[: len(MAGIC)] != MAGIC:
+    if prefix[: len(MAGIC)] != MAGIC[: len(prefix)]:
         raise MalformedBundle("not an Outpost bundle (bad magic)", reason="bad-magic")
+    if len(prefix) < len(MAGIC):
+        raise TruncatedBundle("file ends inside the magic")
     if len(prefix) < PREFIX.size:
         raise TruncatedBundle("file ends inside the header length")
     _, length = PREFIX.unpack(prefix)

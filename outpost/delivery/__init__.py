@@ -4,6 +4,8 @@ Time is always passed in (`now`), so every rule here is tested without sleeping.
 """
 
 from .acks import AckBatcher
-from .rtt import RttEstimator, peer_alive, retry_delay
+from .clock import ClockWatch, clock_verdict
+from .rtt import RttEstimator, peer_alive, resend_now, retry_delay, too_big
 
-__all__ = ["AckBatcher", "RttEstimator", "peer_alive", "retry_delay"]
+__all__ = ["AckBatcher", "ClockWatch", "RttEstimator", "clock_verdict", "peer_alive",
+           "resend_now", "retry_delay", "too_big"]

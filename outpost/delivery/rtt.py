@@ -58,6 +58,38 @@ def retry_delay(base_rto: float, attempts: int, backoff: float, max_rto: float,
     return min(base_rto * factor, max_rto) + serialisation
 
 
+def resend_now(taken_at: float | None, acked_after: float, last_ack: float | None,
+               now: float, rto: float) -> bool:
+    """Whether a bundle whose retry timer ran out is lost, or only waiting its turn.
+
+    A peer working through a backlog acks in the order the link took bundles, and keeps
+    acking while it does: its acks are the clock (TCP restarts its timer on each new ack,
+    RFC 6298 5.3). So a bundle is resent when a bundle the link took after it was acked
+    already (it was lost, or overtaken), or when no ack at all came for a whole RTO (the
+    peer stalled, or everything since was lost); not while the peer is still busy acking
+    what came before it.
+    """
+    if taken_at is not None and taken_at < acked_after:
+        return True
+    return last_ack is None or now - last_ack >= rto
+
+
+SPLIT_AFTER, MIN_SPLIT = 3, 16 * 1024
+
+
+def too_big(size: int, attempts: int, since: float, last_ack: float | None,
+            frag_size: int) -> bool:
+    """Whether the link seems unable to carry a unit whole (contact windows shorter than
+    its serialisation): sent SPLIT_AFTER times while the peer acked other bundles since its
+    message was first sent (`since`), or twice that often with no word from the peer at
+    all. Then it is cut in two, down to fragment_size / 16 (a peer that is merely away
+    costs at most 16 times the units)."""
+    if size <= max(MIN_SPLIT, frag_size // 16) or attempts < SPLIT_AFTER:
+        return False
+    acked_since = last_ack is not None and last_ack > since
+    return acked_since or attempts >= 2 * SPLIT_AFTER
+
+
 def peer_alive(last_ack: float | None, now: float, rto: float) -> bool:
     """The peer acked something within the last few RTOs (as long as a gentle retry may
     wait), so a tail of losses after the other bundles were acked still counts as loss."""

@@ -1,8 +1,9 @@
 """The outpost's gateway: verified image parts into the registry, no Docker daemon needed.
 
-Nothing unverified becomes a blob: the caller streams layers into uploads it commits only
-once every digest checked out (roles/outpost.py), or hands over staged files it checked;
-here the config's layer list is checked against the image's before anything is pushed.
+Nothing unverified becomes a blob: an image bundle's layers stream into uploads committed
+only once the bundle and every digest checked out (`import_bundle`); staged files handed
+to `import_image` were checked by the caller; and the config's layer list is checked
+against the image's before anything is pushed.
 Layers are stored uncompressed, so a blob's digest is its diff_id and the registry itself
 says which layers the outpost holds.
 """
@@ -10,18 +11,76 @@ says which layers the outpost holds.
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import RefusedContent
+from ..images.parts import ImagePayload, PartSplitter, Sink
 from ..release.manifest import ImageFacts
 from ..store.releases import ReleaseStore
-from .registry import OCI_MANIFEST, Registry, image_ref_parts, oci_manifest
+from .registry import OCI_MANIFEST, Registry, Upload, image_ref_parts, oci_manifest
+
+Read = Callable[[Callable[[bytes], object]], object]
 
 
 class Gateway:
     def __init__(self, registry: Registry, store: ReleaseStore) -> None:
         self.registry, self.store = registry, store
+
+    def import_bundle(self, payload: ImagePayload, read: Read, staging: Path,
+                      src: str) -> list[str]:
+        """Import an image bundle, decoded once: `read(sink)` verifies the bundle while it
+        streams its payload into `sink`. Returns the layers still missing (see
+        import_image). Staging files live in `staging` only while this runs."""
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            files = self._stage(payload, read, staging)
+            return self.import_image(payload.facts, files, src)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _stage(self, payload: ImagePayload, read: Read, staging: Path) -> dict[str, Path]:
+        """The config to a file, each layer the registry lacks straight into an upload,
+        each checked against its digest on the way.
+
+        Uploads become blobs only after the bundle's sha256 and every part's digest have
+        checked out; on any failure they are cancelled, so nothing refused ever becomes a
+        blob, a manifest or a tag. Returns the files staged (the config).
+        """
+        facts = payload.facts
+        repo, _tag = image_ref_parts(facts.ref)
+        sizes = {p.digest: p.size for p in payload.parts()}
+        config = staging / facts.image_id.replace(":", "-")
+        uploads: dict[str, Upload] = {}
+        checked = False
+
+        def open_part(digest: str) -> Sink:
+            nonlocal checked
+            if digest == facts.image_id:
+                return open(config, "wb")
+            if not checked:  # the config part is complete before any layer
+                check_config(facts, config)
+                checked = True
+            if digest in uploads or self.registry.has_blob(repo, digest):
+                return _Discard()
+            uploads[digest] = self.registry.open_upload(repo, sizes[digest])
+            return uploads[digest]
+
+        try:
+            splitter = PartSplitter(payload.parts(), open_part)
+            read(splitter.feed)
+            splitter.finish()
+            check_config(facts, config)
+            for digest, upload in uploads.items():
+                upload.commit(digest)
+        except BaseException:
+            for upload in uploads.values():
+                upload.cancel()
+            raise
+        return {facts.image_id: config}
 
     def import_image(self, facts: ImageFacts, files: dict[str, Path], src: str = "") -> list[str]:
         """Push the image; returns the layers it still lacks. Then nothing is tagged, but
@@ -100,6 +159,16 @@ class Gateway:
             else:
                 self.store.forget_layer(digest)
         return out
+
+
+class _Discard:
+    """Where a layer the registry already holds goes: checked, then dropped."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def check_config(facts: ImageFacts, config: Path) -> None:

@@ -30,6 +30,7 @@ from typing import BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
 from ..errors import RegistryError
+from ..release.manifest import DIGEST, NAME, TAG, split_ref
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -45,11 +46,6 @@ CHUNK = 1 << 20
 MAX_RESPONSE = 16 << 20
 START_HINT = "start it with scripts/services start or pass --registry"
 
-# The reference grammar of distribution (reference/regexp.go), lowercase names only.
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _LINK_NEXT_RE = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
 Progress = Callable[[int], None]
@@ -75,20 +71,20 @@ def sha256_digest(data: bytes) -> str:
 
 
 def check_repo(repo: str) -> str:
-    if not _NAME_RE.fullmatch(repo) or len(repo) > 255:
+    if not NAME.match(repo) or len(repo) > 255:
         raise RegistryError(f"invalid repository name {repo!r}: use lowercase letters, digits, "
                             "and . _ - separators, with / between path components")
     return repo
 
 
 def check_digest(digest: str) -> str:
-    if not _DIGEST_RE.fullmatch(digest):
+    if not DIGEST.match(digest):
         raise RegistryError(f"invalid digest {digest!r}: expected sha256:<64 lowercase hex>")
     return digest
 
 
 def _check_reference(reference: str) -> str:
-    if not (_TAG_RE.fullmatch(reference) or _DIGEST_RE.fullmatch(reference)):
+    if not (TAG.match(reference) or DIGEST.match(reference)):
         raise RegistryError(f"invalid manifest reference {reference!r}: expected a tag "
                             "or a sha256 digest")
     return reference
@@ -104,19 +100,14 @@ def image_ref_parts(ref: str) -> tuple[str, str]:
     if "@" in ref:
         raise RegistryError(f"image reference {ref!r} names a digest: name the image by tag "
                             "(name:tag); the outpost registry is addressed by tags")
-    name, tag = ref, "latest"
-    colon, slash = ref.rfind(":"), ref.rfind("/")
-    if colon > slash:  # a colon before the last slash is a registry port, not a tag
-        name, tag = ref[:colon], ref[colon + 1:]
-    first, sep, rest = name.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        name = rest
+    _host, name, found = split_ref(ref)
+    tag = "latest" if found is None else found
     if name != name.lower():
         raise RegistryError(f"image reference {ref!r}: repository names must be lowercase")
-    if not name or not _NAME_RE.fullmatch(name) or len(name) > 255:
+    if not name or not NAME.match(name) or len(name) > 255:
         raise RegistryError(f"image reference {ref!r}: invalid repository name {name!r} "
                             "(lowercase letters, digits, . _ - separators, / between parts)")
-    if not _TAG_RE.fullmatch(tag):
+    if not TAG.match(tag):
         raise RegistryError(f"image reference {ref!r}: invalid tag {tag!r} (letters, digits, "
                             "_ . -, at most 128, not starting with . or -)")
     return name, tag

@@ -19,8 +19,8 @@ from watchdog.observers import Observer
 
 from ..codec import Header
 from ..delivery import AckBatcher
-from ..errors import BundleError, LocalError
-from ..fsutil import is_transient_name
+from ..errors import BundleError, ConfigError, LocalError
+from ..fsutil import is_transient_name, lock_holder, try_lock
 from ..store.spool import bundle_files, prune_quarantine
 from ..store.state import Message
 from .context import Node, log
@@ -81,6 +81,7 @@ class Daemon:
         self.stopping = threading.Event()
         self._next_rescan = 0.0
         self._next_housekeeping = 0.0
+        self._next_local_retry = 0.0
         self._deferred: dict[str, float] = {}
 
     def attach(self, hooks: Hooks) -> None:
@@ -100,6 +101,18 @@ class Daemon:
         self.hints.put(("wake", ""))
 
     def run(self) -> None:
+        home = self.node.home
+        lock = try_lock(home.path / "node.lock")
+        if lock is None:
+            raise ConfigError(f"a node already runs on {home.path} (pid "
+                              f"{lock_holder(home.path / 'node.lock')}); stop it first, or "
+                              "use another home")
+        try:
+            self._run()
+        finally:
+            lock.close()
+
+    def _run(self) -> None:
         home = self.node.home
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
@@ -186,6 +199,9 @@ class Daemon:
         if now >= self._next_housekeeping:
             self.housekeeping()
             self._next_housekeeping = now + HOUSEKEEPING
+        if now >= self._next_local_retry:
+            self.receiver.retry_complete()
+            self._next_local_retry = now + RETRY_LOCAL
 
     def flush_acks(self, force: bool = False) -> None:
         for peer, ids in self.acks.due(self.node.clock(), force=force):
@@ -202,25 +218,33 @@ class Daemon:
         self.flush_acks()
 
     def _handle(self, path: Path) -> None:
-        """Handle one inbox file; one that fails for a local reason (Docker or the registry
-        down, a full disk) waits and is tried again, without holding up the others."""
+        """Handle one inbox file. One that fails for a local reason (Docker or the registry
+        down, a full disk, a name the filesystem refuses) or on a fault of ours waits and is
+        tried again, without holding up the others: the scan never stops at one file."""
         now = self.node.clock()
         if self._deferred.get(path.name, 0.0) > now:
             return
         try:
             self.receiver.handle(path)
             self._deferred.pop(path.name, None)
-        except LocalError as e:
+        except (LocalError, OSError) as e:
+            self._defer(path, now, e)
+        except Exception as e:  # a bug of ours must not stop the node: logged, tried again
             if path.name not in self._deferred:
-                log.error("cannot handle %s yet, will retry every %.0fs: %s", path.name,
-                          RETRY_LOCAL, e)
-            self._deferred[path.name] = now + RETRY_LOCAL
+                log.exception("unexpected error handling %s: %s", path.name, e)
+            self._defer(path, now, e)
+
+    def _defer(self, path: Path, now: float, e: Exception) -> None:
+        if path.name not in self._deferred:
+            log.error("cannot handle %s yet, will retry every %.0fs: %s", path.name,
+                      RETRY_LOCAL, e)
+        self._deferred[path.name] = now + RETRY_LOCAL
 
     def housekeeping(self) -> None:
         now, s = self.node.clock(), self.node.home.settings
         self._deferred = {k: t for k, t in self._deferred.items() if t > now}
         self.receiver.expire_reassemblies()
-        self.node.state.prune_seen(now - 86400.0)
+        self.node.state.prune_seen(now - 86400.0 - s.clock_skew)
         self.node.state.prune_messages(now - KEEP_FINISHED)
         removed = prune_quarantine(self.node.home.quarantine, s.quarantine_max)
         if removed:

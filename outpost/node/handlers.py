@@ -23,14 +23,36 @@ class Handler(Protocol):
     def prepare(self, node: Node, header: Header, path: Path) -> Renames: ...
 
 
+MAX_NAME_BYTES = 240  # leaves room for a ".<n>" suffix within a filesystem's 255 bytes
+
+
 def safe_name(name: object, fallback: str) -> str:
-    """A plain file name from a peer's meta: no directories, no hidden or reserved names."""
+    """A plain file name from a peer's meta: no directories, no hidden or reserved names,
+    no control characters (a NUL would break every path call); one longer than
+    MAX_NAME_BYTES bytes of UTF-8 (filesystems count bytes, not characters) is shortened."""
     if not isinstance(name, str):
         return fallback
     base = os.path.basename(name.replace("\\", "/")).strip()
-    if not base or base.startswith(".") or base.endswith(".part") or len(base) > 200:
+    if not base or base.startswith(".") or base.endswith(".part") or base in ("..",):
         return fallback
-    return base
+    if any(ord(c) < 32 or ord(c) == 127 for c in base):
+        return fallback
+    try:
+        encoded = base.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return fallback
+    return base if len(encoded) <= MAX_NAME_BYTES else shorten(base, MAX_NAME_BYTES)
+
+
+def shorten(name: str, limit: int) -> str:
+    """`name` cut to `limit` bytes of UTF-8 at a character boundary, its extension kept:
+    'a-very-long-report.pdf' -> 'a-very-lo….pdf'."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem or len(ext.encode()) > 16:
+        stem, ext = name, ""
+    tail = ("…" + (f".{ext}" if ext else "")).encode()
+    head = stem.encode()[: limit - len(tail)].decode("utf-8", errors="ignore")
+    return head + tail.decode()
 
 
 def stream_to_part(node: Node, path: Path, part: Path) -> Header:
@@ -54,20 +76,21 @@ class FileHandler:
     def prepare(self, node: Node, header: Header, path: Path) -> Renames:
         name = safe_name(header.meta.get("name"), header.id)
         folder = node.home.received / header.src
-        final = folder / name
-        if final.exists():
-            final = folder / f"{name}.{header.id[:8]}"
-        part = folder / f".{final.name}.{header.id}.part"
+        part = folder / f".{header.id}.part"  # short, whatever the name: see MAX_NAME_BYTES
         stream_to_part(node, path, part)
-        return [(str(part), str(final))]
+        return [(str(part), str(folder / name))]
 
 
-def ack_ids(header: Header) -> list[str]:
-    ids = header.meta.get("ids")
-    if not isinstance(ids, list) or len(ids) > 10_000 or not all(
-            isinstance(i, str) and len(i) <= 100 for i in ids):
+def ack_lists(header: Header) -> tuple[list[str], list[str]]:
+    """(ids acknowledged, ids of bundles the peer lost and wants again) of an ack."""
+    return _ids(header.meta.get("ids")), _ids(header.meta.get("lost", []))
+
+
+def _ids(value: object) -> list[str]:
+    if not isinstance(value, list) or len(value) > 10_000 or not all(
+            isinstance(i, str) and len(i) <= 100 for i in value):
         raise MalformedBundle("ack without a list of ids", reason="bad-ack")
-    return ids
+    return [str(i) for i in value]
 
 
 def default_handlers() -> dict[str, Handler]:

@@ -1,4 +1,12 @@
-"""Receiving: verify, drop duplicates, reassemble fragments, deliver exactly once, ack."""
+"""Receiving: verify, drop duplicates, reassemble fragments, deliver exactly once, ack.
+
+Everything kept about received bundles is keyed by (sender, id): ids are unique per sender
+only. What is acknowledged has been made durable first: a fragment once it is written and
+fsynced into its reassembly file, a whole bundle (or a reassembled one, whose id the
+sender waits for before it lets go of its custody copy) once it was delivered. A
+reassembly that does not verify as a whole is reported lost, so the sender sends it all
+again.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +19,16 @@ from ..delivery import AckBatcher
 from ..errors import (
     BundleError,
     ExpiredBundle,
+    LocalError,
     MalformedBundle,
     MisaddressedBundle,
     RefusedContent,
-    TruncatedBundle,
 )
+from ..fsutil import open_regular, publish
 from ..store.spool import quarantine
+from ..store.state import Part
 from .context import Node, log
-from .handlers import Handler, Renames, ack_ids
+from .handlers import Handler, Renames, ack_lists
 from .sender import Sender
 
 SETTLE = 2.0
@@ -32,7 +42,8 @@ class Receiver:
         self.node, self.sender, self.acks, self.handlers = node, sender, acks, handlers
         self.on_refused = on_refused
         self._stored: list[tuple[Path, Header]] = []
-        self._stored_keys: set[tuple[str, int]] = set()
+        self._stored_keys: set[tuple[str, str, int]] = set()
+        self._changing: dict[str, tuple[int, int, float]] = {}  # name -> size, mtime, since
 
     def handle(self, path: Path) -> None:
         """Handle one file from the inbox; a bad one is quarantined, never raised."""
@@ -41,47 +52,68 @@ class Receiver:
             if header.fragment is not None:
                 self._fragment(path, header)
             elif header.kind == "ack":
-                self.sender.on_ack(header.src, ack_ids(header))
+                ids, lost = ack_lists(header)
+                self.sender.on_ack(header.src, ids, lost)
                 path.unlink(missing_ok=True)
             else:
                 self._whole(path, header, ack=True)
+            self._changing.pop(path.name, None)
         except FileNotFoundError:
-            pass  # taken by another pass of the loop
-        except TruncatedBundle as e:
+            self._changing.pop(path.name, None)  # taken by another pass of the loop
+        except BundleError as e:
             if not self._settling(path):
                 self.quarantine(path, e)
-        except BundleError as e:
-            self.quarantine(path, e)
 
     def _settling(self, path: Path) -> bool:
-        """A short file written in the last moments may still be growing (a link that does
-        not write atomically); the next rescan looks again before calling it truncated."""
+        """A file still being written (a link that does not write atomically) looks bad
+        until it is complete: one modified in the last SETTLE seconds, or stamped in the
+        future, is refused only once it has stood still for SETTLE seconds of our clock (a
+        file from the future would otherwise wait forever)."""
         try:
-            return self.node.clock() - path.stat().st_mtime < SETTLE
+            st = path.lstat()
         except FileNotFoundError:
             return True
+        now = self.node.clock()
+        if now - st.st_mtime >= SETTLE:
+            self._changing.pop(path.name, None)
+            return False
+        seen = self._changing.get(path.name)
+        if seen is None or seen[:2] != (st.st_size, st.st_mtime_ns):
+            self._changing[path.name] = (st.st_size, st.st_mtime_ns, now)
+            return True
+        if now - seen[2] < SETTLE:
+            return True
+        del self._changing[path.name]
+        return False
 
     def _open(self, path: Path) -> Header:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             header = open_verified(f, self.node.state.keyring(), self.node.limits)
         if header.dst != self.node.name:
             raise MisaddressedBundle(f"bundle for {header.dst!r}, this node is "
                                      f"{self.node.name!r}")
-        if header.expires <= self.node.clock():
-            raise ExpiredBundle(f"bundle {header.id} expired before it arrived")
+        self.node.observe_clock(header.src, header.created)
+        if header.kind == "ack" and header.fragment is None:
+            return header  # an ack only names ids: an old or replayed one changes nothing
+        if header.expires + self.node.home.settings.clock_skew <= self.node.clock():
+            raise ExpiredBundle(f"bundle {header.id} from {header.src} expired before it "
+                                "arrived")
+        if header.expires <= self.node.state.seen_floor(header.src):
+            raise ExpiredBundle(f"bundle {header.id} from {header.src} is older than every id "
+                                "still remembered: a replay", reason="replay")
         return header
 
     def quarantine(self, path: Path, e: BundleError) -> None:
-        if not path.exists():
+        if not os.path.lexists(path):
             return
         target = quarantine(self.node.home.quarantine, path, e.reason, str(e), self.node.clock())
         log.warning("quarantined %s: %s (%s)", path.name, e, target.name)
 
     def _whole(self, path: Path, header: Header, *, ack: bool) -> None:
-        row = self.node.state.seen(header.id)
+        row = self.node.state.seen(header.src, header.id)
         if row is not None:
             log.debug("duplicate %s %s dropped", header.kind, header.id)
-            self.finish(header.id)
+            self.finish(header.src, header.id)
         else:
             self._deliver(path, header)
         if ack:
@@ -107,7 +139,7 @@ class Receiver:
                 self.on_refused(header, e)
             return
         self._record(header, renames)
-        self.finish(header.id)
+        self.finish(header.src, header.id)
         log.info("delivered %s %s from %s (%d bytes)", header.kind, header.id, header.src,
                  header.payload.raw_length)
 
@@ -115,24 +147,31 @@ class Receiver:
         self.node.state.add_seen(header.id, header.src, header.kind, header.expires,
                                  self.node.clock(), renames)
 
-    def finish(self, bundle_id: str) -> None:
-        """Run a delivered bundle's recorded renames (again, after a crash); idempotent."""
-        row = self.node.state.seen(bundle_id)
-        if row is None or row["finish"] is None:
-            return
-        for part, final in self.node.state.unfinished_renames(bundle_id):
+    def finish(self, src: str, bundle_id: str) -> None:
+        """Publish a delivered bundle's files under their names (again, after a crash);
+        idempotent, and never over a file that is already there."""
+        for part, final in self.node.state.unfinished_renames(src, bundle_id):
             if os.path.exists(part):
-                os.replace(part, final)
-        self.node.state.finished(bundle_id)
+                name = publish(Path(part), Path(final))
+                if name != Path(final):
+                    log.info("%s exists: delivered as %s", final, name.name)
+        self.node.state.finished(src, bundle_id)
 
+    # fragments
     def _fragment(self, path: Path, header: Header) -> None:
         frag = header.fragment
         assert frag is not None
-        key = (frag.parent, frag.index)
+        key = (header.src, frag.parent, frag.index)
         if key in self._stored_keys:
             path.unlink(missing_ok=True)  # its twin is stored; acked once that is durable
             return
-        if self.node.state.seen(frag.parent) is not None or self.node.state.has_part(*key):
+        if self.node.state.seen(header.src, frag.parent) is not None:
+            # The whole was delivered; the sender may have missed our ack of it.
+            self.acks.add(header.src, header.id, self.node.clock())
+            self.acks.add(header.src, frag.parent, self.node.clock())
+            path.unlink(missing_ok=True)
+            return
+        if self.node.state.has_part(*key):
             self.acks.add(header.src, header.id, self.node.clock())
             path.unlink(missing_ok=True)
             return
@@ -146,13 +185,15 @@ class Receiver:
         """Write the fragment into its place in the reassembly file (not yet durable)."""
         frag = header.fragment
         assert frag is not None
-        row = self.node.state.reasm(frag.parent)
-        if row is not None and (row["total"], row["count"], row["src"]) != (
-                frag.total, frag.count, header.src):
+        row = self.node.state.reasm(header.src, frag.parent)
+        if row is not None and row["total"] != frag.total:
             raise MalformedBundle("fragment disagrees with the others of its bundle",
                                   reason="fragment-mismatch")
         validate_fragment(frag, header.payload.length, self.node.limits)
-        fd = os.open(self.reasm_path(frag.parent), os.O_RDWR | os.O_CREAT, 0o600)
+        target = self.reasm_path(header.src, frag.parent)
+        if row is not None and not target.exists():
+            self._lost(header.src, frag.parent, "its reassembly file vanished")
+        fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
         with os.fdopen(fd, "r+b") as out:
             out.seek(frag.offset)
             read_payload(path, self.node.state.keyring(), self.node.limits, out.write)
@@ -165,69 +206,91 @@ class Receiver:
             return
         batch, self._stored = self._stored, []
         self._stored_keys.clear()
-        parents = {h.fragment.parent for _, h in batch if h.fragment}
-        for parent in parents:
-            fd = os.open(self.reasm_path(parent), os.O_RDONLY)
+        parents = {(h.src, h.fragment.parent) for _, h in batch if h.fragment}
+        for src, parent in parents:
+            fd = os.open(self.reasm_path(src, parent), os.O_RDONLY)
             try:
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
         now = self.node.clock()
         self.node.state.add_parts([
-            (h.fragment.parent, h.fragment.index, h.src, h.kind, h.fragment.total,
-             h.fragment.count, h.expires) for _, h in batch if h.fragment], now)
+            Part(h.src, h.fragment.parent, h.fragment.index, h.fragment.offset,
+                 h.payload.length, h.kind, h.fragment.total, h.fragment.count, h.expires)
+            for _, h in batch if h.fragment], now)
         for path, h in batch:
             self.acks.add(h.src, h.id, now)
             path.unlink(missing_ok=True)
-        full = [p for p in parents if (row := self.node.state.reasm(p)) is not None
-                and row["received"] == row["count"]]
-        if full:
-            # Ack the last fragments before the (long) verification of the whole bundle,
-            # or the sender's timers run out meanwhile and it resends them.
-            for peer, ids in self.acks.due(now, force=True):
-                self.sender.send_ack(peer, ids)
-        for parent in full:
-            self.complete(parent)
+        for src, parent in parents:
+            if self._whole_here(src, parent):
+                self.complete(src, parent)
 
-    def reasm_path(self, parent: str) -> Path:
-        return self.node.home.spool / "reasm" / f"{parent}.opb"
+    def _whole_here(self, src: str, parent: str) -> bool:
+        row = self.node.state.reasm(src, parent)
+        return row is not None and row["received"] == row["total"]
 
-    def complete(self, parent: str) -> None:
-        """All fragments are here: the reassembled file is a bundle; handle it like one."""
-        row = self.node.state.reasm(parent)
+    def reasm_path(self, src: str, parent: str) -> Path:
+        return self.node.home.reasm / f"{src}.{parent}.opb"
+
+    def complete(self, src: str, parent: str) -> None:
+        """All fragments are here: the reassembled file is a bundle; handle it like one.
+
+        A local fault (a full disk, the registry down) leaves it to be tried again by the
+        node's timer (`retry_complete`). A reassembly that does not verify is quarantined
+        and reported lost: the sender still holds its custody copy and sends it again."""
+        row = self.node.state.reasm(src, parent)
         if row is None:
             return
-        path = self.reasm_path(parent)
+        path = self.reasm_path(src, parent)
         try:
             header = self._open(path)
-            if header.id != parent or path.stat().st_size != row["total"]:
+            if (header.id, header.src) != (parent, src) or path.stat().st_size != row["total"]:
                 raise MalformedBundle("reassembled bundle is not the one its fragments named",
                                       reason="fragment-mismatch")
-            self._whole(path, header, ack=False)
+            self._whole(path, header, ack=True)
         except FileNotFoundError:
-            pass  # delivered before a restart; the seen record says so
+            if self.node.state.seen(src, parent) is None:
+                self._lost(src, parent, "its reassembly file vanished")
+                return
         except BundleError as e:
-            # The sender holds every fragment as acked: remember the id so no resend of a
-            # stray fragment starts the same broken reassembly again.
-            self.node.state.add_seen(parent, row["src"], row["kind"], row["expires"],
-                                     self.node.clock(), None)
             self.quarantine(path, e)
-        self.node.state.drop_reasm(parent)
+            self._lost(src, parent, f"it did not verify as a whole ({e.reason})")
+            return
+        except (LocalError, OSError) as e:
+            log.error("cannot deliver %s from %s yet, will retry: %s", parent, src, e)
+            return
+        self.node.state.drop_reasm(src, parent)
+
+    def _lost(self, src: str, parent: str, why: str) -> None:
+        """Forget a broken reassembly and ask the sender for all of it again."""
+        log.warning("reassembly of %s from %s is lost (%s): asking for it again", parent, src,
+                    why)
+        self.reasm_path(src, parent).unlink(missing_ok=True)
+        self.node.state.drop_reasm(src, parent)
+        self.sender.send_ack(src, [], lost=[parent])
+
+    def retry_complete(self) -> None:
+        """Deliver the reassemblies that are whole but were held up by a local fault."""
+        for row in self.node.state.reassemblies():
+            if row["received"] == row["total"]:
+                self.complete(row["src"], row["parent"])
 
     def resume(self) -> None:
         """After a restart: finish recorded deliveries and complete full reassemblies."""
-        for bundle_id in self.node.state.unfinished_ids():
-            self.finish(bundle_id)
+        for src, bundle_id in self.node.state.unfinished():
+            self.finish(src, bundle_id)
         for row in self.node.state.reassemblies():
-            if row["received"] == row["count"]:
-                self.complete(row["parent"])
+            if self.node.state.unplaced_parts(row["src"], row["parent"]):
+                # kept by an older version, which did not record where fragments go
+                (self.node.home.reasm / f"{row['parent']}.opb").unlink(missing_ok=True)
+                self._lost(row["src"], row["parent"], "kept by an older version")
+        self.retry_complete()
 
     def expire_reassemblies(self) -> None:
         now = self.node.clock()
         for row in self.node.state.reassemblies():
-            if row["expires"] <= now:
+            if row["expires"] + self.node.home.settings.clock_skew <= now:
                 log.warning("reassembly of %s from %s expired with %d of %d fragments",
                             row["parent"], row["src"], row["received"], row["count"])
-                self.reasm_path(row["parent"]).unlink(missing_ok=True)
-                self.node.state.drop_reasm(row["parent"])
-
+                self.reasm_path(row["src"], row["parent"]).unlink(missing_ok=True)
+                self.node.state.drop_reasm(row["src"], row["parent"])

@@ -13,8 +13,8 @@ from ..codec import (
     NORMAL,
     Header,
     Limits,
+    fragment_at,
     fragment_count,
-    fragment_header,
     new_id,
     pack_bytes,
     pack_file,
@@ -23,16 +23,28 @@ from ..codec import (
     write_fragment,
 )
 from ..codec.files import Fill, Progress
-from ..delivery import peer_alive, retry_delay
+from ..delivery import peer_alive, resend_now, retry_delay, too_big
 from ..errors import ConfigError
 from ..fsutil import atomic_write_bytes, atomic_writer
 from ..home import Settings
 from ..store.spool import RANK_ACK, names_in, outbox_name, rank
-from ..store.state import ACKED, CARRIED, FLIGHT, NEW, QUEUED, Message, Unit
+from ..store.state import (
+    ACKED,
+    CARRIED,
+    DELIVERED,
+    EXPIRED,
+    FAILED,
+    FLIGHT,
+    NEW,
+    QUEUED,
+    SENDING,
+    Message,
+    Unit,
+)
 from .context import Node, log
 
-SENDING, DELIVERED, EXPIRED = "sending", "delivered", "expired"
 ACK_LIFETIME = 86400.0
+MAX_ROUNDS = 3  # times a whole message is sent again because the peer lost it
 
 
 class Sender:
@@ -40,6 +52,7 @@ class Sender:
                  on_delivered: Callable[[Message], None] | None = None) -> None:
         self.node, self.on_delivered = node, on_delivered
         self._heads: dict[str, Header] = {}
+        self._acked_after: dict[str, float] = {}  # per peer: latest take of a unit acked
 
     @property
     def settings(self) -> Settings:
@@ -69,29 +82,14 @@ class Sender:
         else:
             pack_parts(path, header, fill, self.node.seed, codec=codec, level=s.zstd_level,
                        progress=progress)
-        size = path.stat().st_size
-        msg = Message(id=header.id, peer=peer, kind=kind, path=str(path), size=size,
-                      priority=priority, created=now, expires=header.expires,
-                      units=fragment_count(size, s.fragment_size), state=SENDING,
-                      meta={"fragment_size": s.fragment_size, **(custody or {})})
-        units = self._units(msg, s.fragment_size)
+        msg, units = custody_message(header, path, s.fragment_size, custody)
         if not via_link:
             units = [replace(u, state=CARRIED) for u in units]
         self.node.state.add_message(msg, units)
-        log.info("queued %s %s for %s: %d bytes in %d unit(s)", kind, header.id, peer, size,
+        log.info("queued %s %s for %s: %d bytes in %d unit(s)", kind, header.id, peer, msg.size,
                  msg.units)
         self.fill(peer)
         return msg
-
-    def _units(self, msg: Message, frag_size: int) -> list[Unit]:
-        r = rank(msg.priority)
-        if msg.units == 1:
-            return [Unit(msg.id, msg.id, -1, msg.peer, msg.size, NEW,
-                         outbox_name(r, msg.created, msg.id), 0, None, None)]
-        return [Unit(f"{msg.id}.{i}", msg.id, i, msg.peer,
-                     min(frag_size, msg.size - i * frag_size), NEW,
-                     outbox_name(r, msg.created, f"{msg.id}.{i}", i), 0, None, None)
-                for i in range(msg.units)]
 
     def fill(self, peer: str) -> None:
         """Move waiting units into the outbox while it holds less than the window."""
@@ -111,13 +109,17 @@ class Sender:
         dest = self.node.home.outbox(unit.peer) / unit.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         custody = Path(msg.path)
-        if unit.idx < 0:
-            with open(custody, "rb") as src, atomic_writer(dest) as out:
-                shutil.copyfileobj(src, out, 1024 * 1024)
-        else:
-            frag = fragment_header(self._head(msg), unit.idx, msg.size,
-                                   int(msg.meta["fragment_size"]))
-            write_fragment(dest, custody, frag, self.node.seed)
+        try:
+            if unit.idx < 0:
+                with open(custody, "rb") as src, atomic_writer(dest) as out:
+                    shutil.copyfileobj(src, out, 1024 * 1024)
+            else:
+                frag = fragment_at(self._head(msg), unit.idx, max(msg.units, unit.idx + 1),
+                                   unit.offset, unit.size, msg.size)
+                write_fragment(dest, custody, frag, self.node.seed)
+        except FileNotFoundError:
+            self.fail(msg, f"its custody copy {custody} is gone")
+            return
         if unit.attempts:
             log.info("resending %s to %s (attempt %d)", unit.id, unit.peer, unit.attempts + 1)
 
@@ -152,7 +154,49 @@ class Sender:
         due = [u for u in self.node.state.units(peer, FLIGHT)
                if u.next_retry is not None and u.next_retry <= now]
         if due:
-            self.node.state.set_units([(u.id, {"state": NEW}) for u in due])
+            s = self.settings
+            rto = self.node.state.rtt(peer, s.rtt).rto(s.min_rto, s.rto_cap)
+            last_ack, after = self.node.state.last_ack(peer), self._acked_after.get(peer, 0.0)
+            due = [u for u in due if resend_now(u.taken_at, after, last_ack, now, rto)]
+        again = []
+        last_ack = self.node.state.last_ack(peer)
+        for u in due:
+            msg = self.node.state.message(u.msg)
+            if msg is not None and too_big(u.size, u.attempts, msg.created, last_ack,
+                                           self.settings.fragment_size):
+                self._split(u, msg)
+            else:
+                again.append(u)
+        if again:
+            self.node.state.set_units([(u.id, {"state": NEW}) for u in again])
+        for msg in self.node.state.awaiting_whole(peer, now):
+            self._send_again(msg, "its ack of the whole did not come")
+
+    def _split(self, unit: Unit, msg: Message) -> None:
+        first, half = self.node.state.next_index(msg.id), unit.size // 2
+        pieces = [(unit.offset, half), (unit.offset + half, unit.size - half)]
+        r = rank(msg.priority)
+        halves = [Unit(f"{msg.id}.{first + i}", msg.id, first + i, unit.peer, size, NEW,
+                       outbox_name(r, msg.created, f"{msg.id}.{first + i}", first + i), 0,
+                       None, None, offset) for i, (offset, size) in enumerate(pieces)]
+        self.node.state.split_unit(unit, halves)
+        log.info("%s to %s: %d bytes did not get through in %d sends; cut in two (contact "
+                 "windows shorter than it, perhaps)", unit.id, unit.peer, unit.size,
+                 unit.attempts)
+
+    def _send_again(self, msg: Message, why: str) -> None:
+        """The peer has every fragment acked but not the whole (it lost its reassembly)."""
+        if msg.rounds >= MAX_ROUNDS:
+            self.fail(msg, f"{msg.peer} could not rebuild it from its fragments "
+                           f"{MAX_ROUNDS + 1} times ({why})")
+            return
+        log.warning("sending %s %s to %s again, all of it: %s", msg.kind, msg.id, msg.peer, why)
+        self.node.state.send_again(msg.id)
+
+    def fail(self, msg: Message, why: str) -> None:
+        """Give up on a message for good, once, saying why (status shows it)."""
+        log.error("%s %s to %s failed: %s", msg.kind, msg.id, msg.peer, why)
+        self._release(msg, FAILED, why)
 
     def expire(self) -> None:
         now = self.node.clock()
@@ -162,16 +206,21 @@ class Sender:
                             msg.peer)
                 self._release(msg, EXPIRED)
 
-    def _release(self, msg: Message, state: str) -> None:
+    def _release(self, msg: Message, state: str, why: str = "") -> None:
         for unit in self.node.state.units_of(msg.id):
             if unit.state == QUEUED:
                 (self.node.home.outbox(msg.peer) / unit.name).unlink(missing_ok=True)
-        self.node.state.set_message_state(msg.id, state)
+        self.node.state.set_message_state(msg.id, state, why)
         self.node.state.drop_units(msg.id)
         Path(msg.path).unlink(missing_ok=True)
         self._heads.pop(msg.id, None)
 
-    def on_ack(self, peer: str, ids: list[str]) -> None:
+    def on_ack(self, peer: str, ids: list[str], lost: list[str] | tuple[()] = ()) -> None:
+        """Units the peer holds durably, and (`lost`) messages it lost and wants again.
+
+        A message is delivered when the peer acks it whole: its own id (a fragmented one's
+        id is acked once the peer rebuilt and delivered it). Until then its custody copy
+        stays, so a reassembly the peer loses is sent again."""
         now = self.node.clock()
         units = [u for u in self._units_acked_by(ids) if u.peer == peer and u.state != ACKED]
         # Karn's rule: only a bundle sent once gives an unambiguous round trip.
@@ -181,13 +230,41 @@ class Sender:
             if unit.state == QUEUED:
                 (self.node.home.outbox(peer) / unit.name).unlink(missing_ok=True)
         self.node.state.set_units([(u.id, {"state": ACKED}) for u in units])
-        for msg_id in {u.msg for u in units}:
+        taken = [u.taken_at for u in units if u.taken_at is not None]
+        if taken:
+            self._acked_after[peer] = max(self._acked_after.get(peer, 0.0), *taken)
+        whole = set(ids)
+        for msg_id in {u.msg for u in units} | (whole & self._sending_ids(peer, ids)):
             msg = self.node.state.message(msg_id)
-            if msg and msg.state == SENDING and self.node.state.unacked_count(msg_id) == 0:
-                log.info("%s %s delivered to %s", msg.kind, msg.id, peer)
-                self._release(msg, DELIVERED)
-                if self.on_delivered is not None:
-                    self.on_delivered(msg)
+            if msg is None or msg.state != SENDING or msg.peer != peer:
+                continue
+            if msg.id in whole:
+                self._delivered(msg)
+            elif self.node.state.unacked_count(msg_id) == 0 and msg.whole_due is None:
+                self.node.state.await_whole(msg.id, now + self._whole_wait(peer, msg))
+        for msg_id in lost:
+            msg = self.node.state.message(msg_id)
+            if msg is not None and msg.state == SENDING and msg.peer == peer:
+                self._send_again(msg, f"{peer} lost its reassembly")
+
+    def _delivered(self, msg: Message) -> None:
+        log.info("%s %s delivered to %s", msg.kind, msg.id, msg.peer)
+        self._release(msg, DELIVERED)
+        if self.on_delivered is not None:
+            self.on_delivered(msg)
+
+    def _sending_ids(self, peer: str, ids: list[str]) -> set[str]:
+        """Which of `ids` name whole messages of ours to `peer` (not units)."""
+        return {i for i in ids if "." not in i and (m := self.node.state.message(i)) is not None
+                and m.peer == peer}
+
+    def _whole_wait(self, peer: str, msg: Message) -> float:
+        """How long the peer may take to ack the whole once it holds every fragment: verify
+        and deliver it (allowing 10 MB/s), and the ack's round trip, doubled per round; it
+        acks at once in the usual case, so this only bounds a lost ack or reassembly."""
+        s = self.settings
+        rto = self.node.state.rtt(peer, s.rtt).rto(s.min_rto, s.rto_cap)
+        return float((s.rto_cap + 2 * rto + msg.size / 10e6) * 2 ** msg.rounds)
 
     def _units_acked_by(self, ids: list[str]) -> list[Unit]:
         """Units named by an ack: unit ids, or a message id for the whole of it (a message
@@ -225,14 +302,38 @@ class Sender:
         if changes:
             self.node.state.set_units(changes)
 
-    def send_ack(self, peer: str, ids: list[str]) -> None:
-        """Acks are not kept in custody: a lost ack is repaired by the resent bundle."""
+    def send_ack(self, peer: str, ids: list[str], *, lost: list[str] | None = None) -> None:
+        """Acks are not kept in custody: a lost ack is repaired by the resent bundle.
+        `lost` names messages whose reassembly this node lost (send them again)."""
         now = self.node.clock()
+        meta: dict[str, Any] = {"ids": ids}
+        if lost:
+            meta["lost"] = lost
         header = Header(id=new_id(), kind="ack", src=self.node.name, dst=peer, created=now,
-                        expires=now + ACK_LIFETIME, priority=EXPEDITED, meta={"ids": ids})
+                        expires=now + ACK_LIFETIME, priority=EXPEDITED, meta=meta)
         dest = self.node.home.outbox(peer) / outbox_name(RANK_ACK, now, header.id)
         dest.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(dest, pack_bytes(header, b"", self.node.seed))
 
     def busy(self) -> bool:
         return bool(self.node.state.messages(SENDING))
+
+
+def custody_message(header: Header, path: Path, frag_size: int,
+                    custody: dict[str, Any] | None = None) -> tuple[Message, list[Unit]]:
+    """The custody record of the bundle `header` packed at `path`, and the units it crosses
+    as (a whole bundle, or fragments of `frag_size`), all waiting to go."""
+    size = path.stat().st_size
+    msg = Message(id=header.id, peer=header.dst, kind=header.kind, path=str(path), size=size,
+                  priority=header.priority, created=header.created, expires=header.expires,
+                  units=fragment_count(size, frag_size), state=SENDING,
+                  meta={"fragment_size": frag_size, **(custody or {})})
+    r = rank(msg.priority)
+    if msg.units == 1:
+        return msg, [Unit(msg.id, msg.id, -1, msg.peer, msg.size, NEW,
+                          outbox_name(r, msg.created, msg.id), 0, None, None)]
+    return msg, [Unit(f"{msg.id}.{i}", msg.id, i, msg.peer,
+                      min(frag_size, msg.size - i * frag_size), NEW,
+                      outbox_name(r, msg.created, f"{msg.id}.{i}", i), 0, None, None,
+                      i * frag_size)
+                 for i in range(msg.units)]

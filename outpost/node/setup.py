@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
-from ..codec import public_key
-from ..errors import ConfigError
-from ..fsutil import atomic_write_bytes
+from ..codec import Limits, open_verified, public_key
+from ..errors import BundleError, ConfigError
+from ..fsutil import atomic_write_bytes, open_regular
 from ..home import (
     ROLES,
     Home,
+    OutpostSettings,
+    Settings,
     format_pubkey,
     is_home,
     load_home,
     read_pubkey_file,
+    role_phrase,
     valid_name,
     write_node_toml,
 )
 from ..release import git
 from ..release.template import template_sources
 from ..store.state import State
+from .sender import custody_message
 
 
 def init_home(path: Path, role: str, name: str | None = None,
@@ -30,36 +36,72 @@ def init_home(path: Path, role: str, name: str | None = None,
     """Create a home (idempotent: an existing one is loaded and checked, never overwritten).
 
     An Earth home gets its config repo, seeded from `template` (default: the project's
-    example); an outpost home records its registry and Docker daemon if given.
+    example); an outpost home records its registry and Docker daemon if given. Everything
+    is checked before anything is written, node.toml (what makes a folder a home) is
+    written last, and a failure removes what this call made: `init` either completes or
+    leaves nothing behind.
     """
     path = Path(path).resolve()
     if is_home(path):
         home = load_home(path)
         if home.role != role:
-            raise ConfigError(f"{path} is already a {home.role} home, not {role}")
+            raise ConfigError(f"{path} is already {role_phrase(home.role)} home, not "
+                              f"{role_phrase(role)} one")
         return home
+    tables = _checked_tables(role, name, delivery, registry, docker)
+    sources = template_sources(template) if role == "earth" else []
+    before = set(os.listdir(path)) if path.is_dir() else None
+    try:
+        _create(path, name or role, role, tables, sources)
+    except BaseException:
+        _remove_new(path, before)
+        raise
+    return load_home(path)
+
+
+def _checked_tables(role: str, name: str | None, delivery: dict[str, str] | None,
+                    registry: str | None, docker: str | None) -> dict[str, dict[str, str]]:
     if role not in ROLES:
         raise ConfigError(f"role must be one of {', '.join(ROLES)}")
-    name = name or role
-    if not valid_name(name):
-        raise ConfigError(f"node name {name!r}: use letters, digits, - and _")
+    if not valid_name(name or role):
+        raise ConfigError(f"node name {name!r}: use ASCII letters, digits, - and _ "
+                          "(64 at most)")
+    tables = {"delivery": dict(delivery or {})}
+    Settings.from_table(tables["delivery"], "--set")
+    if role == "earth":
+        tables["earth"] = {"config": "config"}
+    else:
+        outpost = {k: v for k, v in (("registry", registry), ("docker", docker)) if v}
+        OutpostSettings.from_table(outpost, "--registry/--docker")
+        tables["outpost"] = outpost
+    return tables
+
+
+def _create(path: Path, name: str, role: str, tables: dict[str, dict[str, str]],
+            sources: list[tuple[Path, str]]) -> None:
     for sub in ("inbox", "outbox", "quarantine", "received", "spool", "keys"):
         (path / sub).mkdir(parents=True, exist_ok=True)
     os.chmod(path / "keys", 0o700)
     seed = os.urandom(32)
     atomic_write_bytes(path / "keys" / "node.key", (seed.hex() + "\n").encode(), mode=0o600)
     atomic_write_bytes(path / "keys" / "node.pub", format_pubkey(name, public_key(seed)).encode())
-    tables = {"delivery": delivery or {}}
     if role == "earth":
-        git.seed_config_repo(path / "config", template_sources(template))
-        tables["earth"] = {"config": "config"}
-    else:
-        outpost = {"registry": registry, "docker": docker}
-        tables["outpost"] = {k: v for k, v in outpost.items() if v}
+        git.seed_config_repo(path / "config", sources)
+    State(path / "state.db").close()
     write_node_toml(path, name, role, tables)
-    home = load_home(path)
-    State(home.state_db).close()
-    return home
+
+
+def _remove_new(path: Path, before: set[str] | None) -> None:
+    """Undo a failed init: what it added to `path`, or `path` itself if it made it."""
+    if before is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for entry in set(os.listdir(path)) - before if path.is_dir() else ():
+        target = path / entry
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
 
 
 def trust_peer(home: Home, peer: Path) -> str:
@@ -75,4 +117,65 @@ def trust_peer(home: Home, peer: Path) -> str:
     finally:
         state.close()
     home.outbox(name).mkdir(parents=True, exist_ok=True)
+    # a copy beside our own key, so `repair` can restore trust if the state is lost
+    atomic_write_bytes(peer_key_file(home, name), format_pubkey(name, key).encode())
     return name
+
+
+def peer_key_file(home: Home, name: str) -> Path:
+    folder = home.path / "keys" / "peers"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}.pub"
+
+
+def repair_home(home: Home, now: float) -> dict[str, Any]:
+    """Rebuild a lost or damaged state from what the home still holds: the peers from
+    keys/peers/, the messages in custody from their custody copies (each is sent again from
+    the start; the peer drops what it already has... as long as it still remembers it).
+    A damaged database is kept aside. What was delivered here (the ids that stop
+    duplicates) cannot be rebuilt: a bundle the peer resends may be delivered once more."""
+    db = home.state_db
+    kept = None
+    if db.exists() and db.stat().st_size:
+        kept = db.with_name(f"state.db.damaged-{int(now)}")
+        for suffix in ("", "-wal", "-shm"):
+            src = db.with_name(db.name + suffix)
+            if src.exists():
+                os.replace(src, kept.with_name(kept.name + suffix))
+    state = State(db)
+    try:
+        peers = _restore_peers(home, state, now)
+        messages, skipped = _restore_custody(home, state, now)
+    finally:
+        state.close()
+    return {"state": str(db), "kept_aside": str(kept) if kept else None, "peers": peers,
+            "custody": messages, "custody_skipped": skipped}
+
+
+def _restore_peers(home: Home, state: State, now: float) -> list[str]:
+    names = []
+    for pub in sorted((home.path / "keys" / "peers").glob("*.pub")):
+        name, key = read_pubkey_file(pub)
+        state.add_peer(name, key, now)
+        names.append(name)
+    return names
+
+
+def _restore_custody(home: Home, state: State, now: float) -> tuple[list[str], list[str]]:
+    restored, skipped = [], []
+    peers = state.keyring()
+    size = home.settings.fragment_size
+    for path in sorted(home.custody.glob("*.opb")):
+        try:
+            with open_regular(path) as f:
+                header = open_verified(f, {home.name: home.public_key()}, Limits())
+        except (BundleError, OSError) as e:
+            skipped.append(f"{path.name}: {e}")
+            continue
+        if header.dst not in peers or header.expires <= now:
+            skipped.append(f"{path.name}: " + ("expired" if header.expires <= now else
+                                               f"for {header.dst}, not a known peer"))
+            continue
+        state.add_message(*custody_message(header, path, size, {"repaired": True}))
+        restored.append(header.id)
+    return restored, skipped

@@ -8,10 +8,30 @@ from typing import Any
 
 from ..errors import MalformedBundle
 
-DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
-IMAGE_REF = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-                       r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?\Z")
-COMMIT = re.compile(r"^[0-9a-f]{40}\Z")
+# The one place for these rules: the reference grammar of the distribution registry
+# (reference/regexp.go), lowercase names only. Use them with .match (they end in \Z).
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*\Z")
+TAG = re.compile(rf"{_TAG}\Z")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
+IMAGE_REF = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*(?::{_TAG})?\Z")
+COMMIT = re.compile(r"[0-9a-f]{40}\Z")
+
+
+def split_ref(ref: str) -> tuple[str | None, str, str | None]:
+    """(registry host or None, name, tag or None) of an image reference, digest left on the
+    name. A first component with a dot or a colon, or `localhost`, is a registry host: the
+    outpost serves every image from its own registry, so hosts are dropped where names are
+    compared ("ghcr.io/x/app:1" is "x/app:1")."""
+    name, tag = ref, None
+    colon, slash = ref.rfind(":"), ref.rfind("/")
+    if colon > slash and "@" not in ref[colon:]:  # a colon before the last / is a port
+        name, tag = ref[:colon], ref[colon + 1:]
+    first, sep, rest = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first, rest, tag
+    return None, name, tag
 
 
 @dataclass(frozen=True)

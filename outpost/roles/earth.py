@@ -13,13 +13,13 @@ from ..errors import ConfigError, MalformedBundle
 from ..images.docker_source import docker_client, image_facts, write_image
 from ..node.context import Node, log
 from ..node.handlers import Handler
-from ..node.sender import SENDING, Sender
+from ..node.sender import Sender
 from ..release import git
 from ..release.config import ReleaseConfig, parse_release_config
 from ..release.manifest import COMMIT as COMMIT_RE
 from ..release.manifest import DIGEST, IMAGE_REF, ImageFacts, Release
 from ..store.releases import COMMIT, IMAGE, LAYER, ReleaseStore
-from ..store.state import Message
+from ..store.state import SENDING, Message
 from . import Call, Role, read_control
 
 WARNING_EVENTS = ("release-refused", "image-refused", "image-incomplete", "rolled-back",
@@ -42,9 +42,8 @@ class Earth(Role):
     def __init__(self, node: Node, sender: Sender) -> None:
         self.node, self.sender = node, sender
         self.store = ReleaseStore(node.state)
-        table = node.home.raw.get("earth", {})
-        self.repo = node.home.path / str(table.get("config", "config"))
-        self.docker_host: str | None = table.get("docker") or None
+        self.repo = node.home.config_repo
+        self.docker_host = node.home.earth.docker
 
     def handlers(self) -> dict[str, Handler]:
         return {**super().handlers(), "sync": Call(self.on_sync),

@@ -6,20 +6,19 @@ finds one missing."""
 from __future__ import annotations
 
 import io
-import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
-from ..apply.context import ApplySettings
 from ..apply.loop import ApplyLoop
 from ..codec import EXPEDITED, Header, read_payload
-from ..errors import BundleError, ConfigError, MalformedBundle
-from ..gateway.importer import Gateway, check_config
-from ..gateway.registry import Registry, Upload, image_ref_parts
-from ..images.parts import ImagePayload, PartSplitter, Sink
+from ..errors import BundleError, ConfigError, MalformedBundle, RegistryError
+from ..gateway.importer import Gateway
+from ..gateway.registry import Registry
+from ..images.parts import ImagePayload
 from ..node.context import Node, log
 from ..node.handlers import Handler, stream_to_part
 from ..node.sender import Sender
@@ -28,10 +27,7 @@ from ..release.manifest import IMAGE_REF, Release
 from ..store.applies import WAITING as WAITING_IMAGES
 from ..store.applies import ApplyRow, ApplyStore
 from ..store.releases import READY, REFUSED, WAITING, ReleaseStore
-from ..units import parse_duration
 from . import Call, Role
-
-DEFAULT_SYNC_INTERVAL = 6 * 3600.0
 
 
 class Outpost(Role):
@@ -39,17 +35,17 @@ class Outpost(Role):
                  docker: str | None = None) -> None:
         self.node, self.sender = node, sender
         self.store = ReleaseStore(node.state)
-        table = node.home.raw.get("outpost", {})
-        self.mirror = node.home.path / "config.git"
+        self.mirror = node.home.mirror
         git.init_mirror(self.mirror)
-        settings = ApplySettings.from_home(node.home, registry, docker)
+        settings = replace(node.home.outpost, registry=registry or node.home.outpost.registry,
+                           docker=docker or node.home.outpost.docker)
         address = settings.registry
         self.gateway = Gateway(Registry(address), self.store) if address else None
-        self.sync_interval = parse_duration(table.get("sync_interval", DEFAULT_SYNC_INTERVAL))
-        self.sync_on_start = bool(table.get("sync_on_start", True))
+        self.sync_interval = settings.sync_interval
+        self.sync_on_start = settings.sync_on_start
         self._next_sync = 0.0
         self.applies = ApplyLoop(node, settings, self.report_apply, self.request_images)
-        self.wait_for_layers = settings.answer_timeout
+        self.wait_for_layers = settings.answer_wait(node.home.settings.rtt)
 
     def handlers(self) -> dict[str, Handler]:
         return {**super().handlers(), "release": Call(self.on_release),
@@ -62,7 +58,20 @@ class Outpost(Role):
     def on_start(self) -> None:
         now = self.node.clock()
         self._next_sync = now if self.sync_on_start else now + self.sync_interval
+        self._check_registry()
         self.applies.start()
+
+    def _check_registry(self) -> None:
+        """Say at start-up, not when the first image arrives, that images cannot go in."""
+        if self.gateway is None:
+            log.warning("no registry configured ([outpost] registry in node.toml, or start "
+                        "--registry HOST:PORT): image bundles will wait in the inbox")
+            return
+        try:
+            self.gateway.registry.ping()
+        except RegistryError as e:
+            log.warning("the registry does not answer yet (%s); image bundles wait until it "
+                        "does", e)
 
     def on_stop(self) -> None:
         self.applies.stop()
@@ -91,7 +100,7 @@ class Outpost(Role):
     def on_release(self, header: Header, path: Path) -> None:
         release = Release.from_meta(header.meta.get("release"))
         if header.payload.raw_length:
-            staged = self.node.home.spool / "staging" / f"{header.id}.bundle"
+            staged = self.node.home.staging / f"{header.id}.bundle"
             try:
                 stream_to_part(self.node, path, staged)
                 old, new = git.apply_bundle(self.mirror, staged, release.commit)
@@ -129,14 +138,10 @@ class Outpost(Role):
             raise ConfigError("an image arrived but no registry is configured: start the node "
                               "with --registry HOST:PORT or set [outpost] registry")
         payload = ImagePayload.from_meta(header.meta, header.payload.raw_length)
-        staging = self.node.home.spool / "staging" / header.id
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        try:
-            files = self._stage(path, payload, staging)
-            missing = self.gateway.import_image(payload.facts, files, header.src)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        staging = self.node.home.staging / header.id
+        missing = self.gateway.import_bundle(
+            payload, lambda sink: read_payload(path, self.node.state.keyring(),
+                                               self.node.limits, sink), staging, header.src)
         if missing:
             log.warning("image %s lacks %d layer(s) the registry does not hold yet; it waits "
                         "for them", payload.facts.ref, len(missing))
@@ -164,43 +169,6 @@ class Outpost(Role):
             for peer in self._earth_of_peer(row["src"]):
                 self._ask(peer, [ref], layers, None)
             self.store.pending_requested(row["image_id"], ref, now)
-
-    def _stage(self, path: Path, payload: ImagePayload, staging: Path) -> dict[str, Path]:
-        """Decode the bundle once: the config to a file, each layer the registry lacks
-        straight into an upload, each checked against its digest on the way.
-
-        Uploads become blobs only after the bundle's sha256 and every part's digest have
-        checked out; on any failure they are cancelled, so nothing refused ever becomes a
-        blob, a manifest or a tag. Returns the files staged (the config).
-        """
-        assert self.gateway is not None
-        registry, facts = self.gateway.registry, payload.facts
-        repo, _tag = image_ref_parts(facts.ref)
-        sizes = {p.digest: p.size for p in payload.parts()}
-        config = staging / facts.image_id.replace(":", "-")
-        uploads: dict[str, Upload] = {}
-
-        def open_part(digest: str) -> Sink:
-            if digest == facts.image_id:
-                return open(config, "wb")
-            check_config(facts, config)  # the config part is complete before any layer
-            if digest in uploads or registry.has_blob(repo, digest):
-                return _Discard()
-            uploads[digest] = registry.open_upload(repo, sizes[digest])
-            return uploads[digest]
-
-        try:
-            splitter = PartSplitter(payload.parts(), open_part)
-            read_payload(path, self.node.state.keyring(), self.node.limits, splitter.feed)
-            splitter.finish()
-            check_config(facts, config)
-            for digest, upload in uploads.items():
-                upload.commit(digest)
-        except BaseException:
-            for upload in uploads.values():
-                upload.cancel()
-            raise
-        return {facts.image_id: config}
 
     # telling Earth
     def on_refused(self, header: Header, error: BundleError) -> None:
@@ -267,13 +235,3 @@ class Outpost(Role):
     def _earth_of_peer(self, src: str | None) -> list[str]:
         peers = self.node.peers()
         return [src] if src in peers else peers
-
-
-class _Discard:
-    """Where a layer the registry already holds goes: checked, then dropped."""
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

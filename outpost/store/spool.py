@@ -28,10 +28,12 @@ def outbox_name(rank_char: str, created: float, unit_id: str, idx: int = -1) -> 
 
 
 def bundle_files(directory: Path) -> list[Path]:
-    """Complete files in `directory`, in name order; in-progress and hidden ones skipped."""
+    """Entries of `directory` that are not folders, in name order; in-progress and hidden
+    ones skipped. FIFOs, devices and symlinks are listed too: whoever reads them must take
+    regular files only (fsutil.open_regular), and an inbox scan quarantines the rest."""
     try:
         names = sorted(e.name for e in os.scandir(directory)
-                       if e.is_file() and not is_transient_name(e.name)
+                       if not e.is_dir(follow_symlinks=False) and not is_transient_name(e.name)
                        and not e.name.endswith(REASON))
     except FileNotFoundError:
         return []

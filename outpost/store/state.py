@@ -1,12 +1,18 @@
 """The node's SQLite state, shared by the daemon and the CLI (WAL, short transactions).
 
 Tables:
-    peers      trusted nodes and their public keys
-    messages   bundles we hold in custody until every unit is acknowledged
-    units      what crosses the link: a whole bundle (idx -1) or one fragment of it
-    seen       ids delivered to the application (duplicates are dropped by these)
-    reasm      reassemblies in progress, and reasm_parts the fragments they hold
-    rtt        the round-trip estimate per peer
+    peers       trusted nodes and their public keys
+    messages    bundles we hold in custody until the peer acknowledges the whole of it
+    units       what crosses the link: a whole bundle (idx -1) or one fragment of it
+    seen        (sender, id) of what was delivered: duplicates are dropped by these
+    seen_floor  per sender, the latest expiry among seen ids pruned: anything expiring
+                before it is a replay, whatever the clock says
+    reasm       reassemblies in progress by (sender, parent), and reasm_parts their fragments
+    rtt         the round-trip estimate per peer
+    clocks      how far each peer's clock seems off from ours (delivery/clock.py)
+
+Ids are unique per sender only, so everything a receiver keeps is keyed by (sender, id).
+The schema's version is SQLite's user_version; `migrate` brings an older home up to date.
 """
 
 from __future__ import annotations
@@ -29,27 +35,53 @@ CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY, peer TEXT NOT NULL, kind TEXT NOT NULL, path TEXT NOT NULL,
     size INTEGER NOT NULL, priority INTEGER NOT NULL, created REAL NOT NULL,
     expires REAL NOT NULL, units INTEGER NOT NULL, state TEXT NOT NULL,
-    meta TEXT NOT NULL DEFAULT '{}');
+    meta TEXT NOT NULL DEFAULT '{}', whole_due REAL, rounds INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS units (
     id TEXT PRIMARY KEY, msg TEXT NOT NULL, idx INTEGER NOT NULL, peer TEXT NOT NULL,
     size INTEGER NOT NULL, state TEXT NOT NULL, name TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0, taken_at REAL, next_retry REAL);
+    attempts INTEGER NOT NULL DEFAULT 0, taken_at REAL, next_retry REAL,
+    offset INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS units_state ON units (peer, state);
 CREATE INDEX IF NOT EXISTS units_msg ON units (msg);
 CREATE TABLE IF NOT EXISTS seen (
-    id TEXT PRIMARY KEY, src TEXT NOT NULL, kind TEXT NOT NULL, expires REAL NOT NULL,
-    at REAL NOT NULL, finish TEXT);
+    src TEXT NOT NULL, id TEXT NOT NULL, kind TEXT NOT NULL, expires REAL NOT NULL,
+    at REAL NOT NULL, finish TEXT, PRIMARY KEY (src, id));
+CREATE TABLE IF NOT EXISTS seen_floor (src TEXT PRIMARY KEY, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS reasm (
-    parent TEXT PRIMARY KEY, src TEXT NOT NULL, kind TEXT NOT NULL, total INTEGER NOT NULL,
+    src TEXT NOT NULL, parent TEXT NOT NULL, kind TEXT NOT NULL, total INTEGER NOT NULL,
     count INTEGER NOT NULL, expires REAL NOT NULL, received INTEGER NOT NULL DEFAULT 0,
-    started REAL NOT NULL);
+    started REAL NOT NULL, PRIMARY KEY (src, parent));
 CREATE TABLE IF NOT EXISTS reasm_parts (
-    parent TEXT NOT NULL, idx INTEGER NOT NULL, PRIMARY KEY (parent, idx));
+    src TEXT NOT NULL, parent TEXT NOT NULL, idx INTEGER NOT NULL, offset INTEGER,
+    length INTEGER, PRIMARY KEY (src, parent, idx));
+CREATE TABLE IF NOT EXISTS clocks (
+    peer TEXT PRIMARY KEY, offset REAL NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS rtt (
     peer TEXT PRIMARY KEY, srtt REAL NOT NULL, rttvar REAL NOT NULL, samples INTEGER NOT NULL,
     last_ack REAL);
 """
 
+SCHEMA_VERSION = 1
+# Version 0 keyed seen and reassembly by id alone; version 1 by (sender, id).
+MIGRATE_TO_1 = """
+ALTER TABLE seen RENAME TO seen_v0;
+ALTER TABLE reasm RENAME TO reasm_v0;
+ALTER TABLE reasm_parts RENAME TO reasm_parts_v0;
+""" + SCHEMA + """
+INSERT OR IGNORE INTO seen SELECT src, id, kind, expires, at, finish FROM seen_v0;
+INSERT OR IGNORE INTO reasm SELECT src, parent, kind, total, count, expires, received, started
+    FROM reasm_v0;
+INSERT OR IGNORE INTO reasm_parts SELECT r.src, p.parent, p.idx, NULL, NULL
+    FROM reasm_parts_v0 p JOIN reasm_v0 r ON r.parent = p.parent;
+DROP TABLE seen_v0;
+DROP TABLE reasm_v0;
+DROP TABLE reasm_parts_v0;
+"""
+
+# A message in custody is sending until the peer acknowledges the whole of it (delivered),
+# its lifetime ends (expired), or it cannot be sent any more (failed: its custody copy is
+# gone, say).
+SENDING, DELIVERED, EXPIRED, FAILED = "sending", "delivered", "expired", "failed"
 # unit states: new (waiting for room in the outbox), queued (file in the outbox),
 # flight (the link took it), acked; carried: exported to go by hand, never via the outbox
 NEW, QUEUED, FLIGHT, ACKED, CARRIED = "new", "queued", "flight", "acked", "carried"
@@ -67,6 +99,7 @@ class Unit:
     attempts: int
     taken_at: float | None
     next_retry: float | None
+    offset: int = 0  # where its bytes start in the message's custody file
 
 
 @dataclass(frozen=True)
@@ -82,6 +115,8 @@ class Message:
     units: int
     state: str
     meta: dict[str, Any]
+    whole_due: float | None = None  # every unit acked: the peer's ack of the whole is due
+    rounds: int = 0  # times the whole was sent again because the peer lost its reassembly
 
 
 class State:
@@ -91,9 +126,36 @@ class State:
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
+            self.migrate()
         except sqlite3.Error as e:
-            raise StateError(f"cannot open state {path}: {e}") from e
+            raise StateError(f"cannot open state {path}: {e}; if it is damaged, restore it "
+                             "from a backup or run `outpost-node repair`") from e
+
+    def migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        old = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'seen'").fetchone()
+        if version == 0 and old is not None:
+            self.db.executescript("BEGIN IMMEDIATE;" + MIGRATE_TO_1 + "COMMIT;")
+            self._add_columns("messages", whole_due="REAL",
+                              rounds="INTEGER NOT NULL DEFAULT 0")
+            if self._add_columns("units", offset="INTEGER NOT NULL DEFAULT 0"):
+                self.db.execute("UPDATE units SET offset = max(idx, 0) * (SELECT json_extract("
+                                "meta, '$.fragment_size') FROM messages WHERE id = units.msg)")
+        self.db.executescript(SCHEMA)
+        self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _add_columns(self, table: str, **columns: str) -> bool:
+        have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+        added = False
+        for name, kind in columns.items():
+            if name not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                added = True
+        return added
+
+    def intact(self) -> str:
+        """SQLite's own check of the file: "ok", or what is wrong."""
+        return str(self.db.execute("PRAGMA quick_check").fetchone()[0])
 
     def close(self) -> None:
         self.db.close()
@@ -129,12 +191,29 @@ class State:
     # custody
     def add_message(self, m: Message, units: list[Unit]) -> None:
         with self.tx() as db:
-            db.execute("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            db.execute("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        (m.id, m.peer, m.kind, m.path, m.size, m.priority, m.created,
-                        m.expires, m.units, m.state, json.dumps(m.meta)))
-            db.executemany("INSERT INTO units VALUES (?,?,?,?,?,?,?,?,?,?)",
-                           [(u.id, u.msg, u.idx, u.peer, u.size, u.state, u.name,
-                             u.attempts, u.taken_at, u.next_retry) for u in units])
+                        m.expires, m.units, m.state, json.dumps(m.meta), m.whole_due,
+                        m.rounds))
+            self._insert_units(db, units)
+
+    @staticmethod
+    def _insert_units(db: sqlite3.Connection, units: list[Unit]) -> None:
+        db.executemany("INSERT INTO units VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       [(u.id, u.msg, u.idx, u.peer, u.size, u.state, u.name, u.attempts,
+                         u.taken_at, u.next_retry, u.offset) for u in units])
+
+    def split_unit(self, unit: Unit, halves: list[Unit]) -> None:
+        """Replace a unit the link could not carry by smaller ones (new indexes)."""
+        with self.tx() as db:
+            db.execute("DELETE FROM units WHERE id = ?", (unit.id,))
+            self._insert_units(db, halves)
+            db.execute("UPDATE messages SET units = units + ? WHERE id = ?",
+                       (len(halves) - 1, unit.msg))
+
+    def next_index(self, msg_id: str) -> int:
+        return int(self.q("SELECT coalesce(max(idx), -1) + 1 AS n FROM units WHERE msg = ?",
+                          msg_id)[0]["n"])
 
     def message(self, msg_id: str) -> Message | None:
         rows = self.q("SELECT * FROM messages WHERE id = ?", msg_id)
@@ -189,9 +268,30 @@ class State:
                     self.q(f"SELECT * FROM units WHERE id IN ({marks})", *part)]
         return out
 
-    def set_message_state(self, msg_id: str, state: str) -> None:
+    def set_message_state(self, msg_id: str, state: str, why: str = "") -> None:
         with self.tx() as db:
-            db.execute("UPDATE messages SET state = ? WHERE id = ?", (state, msg_id))
+            if why:
+                db.execute("UPDATE messages SET state = ?, meta = json_set(meta, '$.why', ?) "
+                           "WHERE id = ?", (state, why, msg_id))
+            else:
+                db.execute("UPDATE messages SET state = ? WHERE id = ?", (state, msg_id))
+
+    def await_whole(self, msg_id: str, due: float | None) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE messages SET whole_due = ? WHERE id = ?", (due, msg_id))
+
+    def send_again(self, msg_id: str) -> None:
+        """The peer lost the whole: every unit goes out again (not the ones in the outbox)."""
+        with self.tx() as db:
+            db.execute("UPDATE messages SET whole_due = NULL, rounds = rounds + 1 WHERE id = ?",
+                       (msg_id,))
+            db.execute("UPDATE units SET state = ?, next_retry = NULL WHERE msg = ? AND "
+                       "state IN (?, ?)", (NEW, msg_id, ACKED, FLIGHT))
+
+    def awaiting_whole(self, peer: str, now: float) -> list[Message]:
+        rows = self.q("SELECT * FROM messages WHERE peer = ? AND state = ? AND whole_due <= ?",
+                      peer, SENDING, now)
+        return [_message(r) for r in rows]
 
     def drop_units(self, msg_id: str) -> None:
         with self.tx() as db:
@@ -200,8 +300,8 @@ class State:
     def prune_messages(self, before: float) -> int:
         """Forget finished messages (delivered or expired) created before `before`."""
         with self.tx() as db:
-            cur = db.execute("DELETE FROM messages WHERE state != 'sending' AND created < ?",
-                             (before,))
+            cur = db.execute("DELETE FROM messages WHERE state != ? AND created < ?",
+                             (SENDING, before))
             return cur.rowcount
 
     def unacked_count(self, msg_id: str) -> int:
@@ -215,63 +315,90 @@ class State:
         return int(row[0]["n"])
 
     # seen
-    def seen(self, bundle_id: str) -> sqlite3.Row | None:
-        rows = self.q("SELECT * FROM seen WHERE id = ?", bundle_id)
+    def seen(self, src: str, bundle_id: str) -> sqlite3.Row | None:
+        rows = self.q("SELECT * FROM seen WHERE src = ? AND id = ?", src, bundle_id)
         return rows[0] if rows else None
+
+    def seen_count(self) -> int:
+        return int(self.q("SELECT count(*) AS n FROM seen")[0]["n"])
 
     def add_seen(self, bundle_id: str, src: str, kind: str, expires: float, now: float,
                  finish: list[tuple[str, str]] | None) -> None:
         with self.tx() as db:
             db.execute("INSERT OR REPLACE INTO seen VALUES (?,?,?,?,?,?)",
-                       (bundle_id, src, kind, expires, now,
+                       (src, bundle_id, kind, expires, now,
                         json.dumps(finish) if finish else None))
 
-    def finished(self, bundle_id: str) -> None:
+    def finished(self, src: str, bundle_id: str) -> None:
         with self.tx() as db:
-            db.execute("UPDATE seen SET finish = NULL WHERE id = ?", (bundle_id,))
+            db.execute("UPDATE seen SET finish = NULL WHERE src = ? AND id = ?", (src, bundle_id))
 
-    def unfinished_ids(self) -> list[str]:
-        return [r["id"] for r in self.q("SELECT id FROM seen WHERE finish IS NOT NULL")]
+    def unfinished(self) -> list[tuple[str, str]]:
+        return [(r["src"], r["id"]) for r in
+                self.q("SELECT src, id FROM seen WHERE finish IS NOT NULL")]
 
-    def unfinished_renames(self, bundle_id: str) -> list[tuple[str, str]]:
-        row = self.seen(bundle_id)
+    def unfinished_renames(self, src: str, bundle_id: str) -> list[tuple[str, str]]:
+        row = self.seen(src, bundle_id)
         if row is None or row["finish"] is None:
             return []
         return [(str(a), str(b)) for a, b in json.loads(row["finish"])]
 
     def prune_seen(self, before: float) -> int:
+        """Forget ids that expired before `before`, remembering per sender the latest such
+        expiry: a bundle expiring by then is refused as a replay even if the clock steps
+        back (seen_floor)."""
         with self.tx() as db:
+            db.execute("INSERT INTO seen_floor SELECT src, max(expires) FROM seen "
+                       "WHERE expires < ? AND finish IS NULL GROUP BY src "
+                       "ON CONFLICT (src) DO UPDATE SET expires = "
+                       "max(seen_floor.expires, excluded.expires)", (before,))
             cur = db.execute("DELETE FROM seen WHERE expires < ? AND finish IS NULL", (before,))
             return cur.rowcount
 
+    def seen_floor(self, src: str) -> float:
+        rows = self.q("SELECT expires FROM seen_floor WHERE src = ?", src)
+        return float(rows[0]["expires"]) if rows else float("-inf")
+
     # reassembly
-    def reasm(self, parent: str) -> sqlite3.Row | None:
-        rows = self.q("SELECT * FROM reasm WHERE parent = ?", parent)
+    def reasm(self, src: str, parent: str) -> sqlite3.Row | None:
+        rows = self.q("SELECT * FROM reasm WHERE src = ? AND parent = ?", src, parent)
         return rows[0] if rows else None
 
     def reassemblies(self) -> list[sqlite3.Row]:
         return self.q("SELECT * FROM reasm ORDER BY started")
 
-    def has_part(self, parent: str, idx: int) -> bool:
-        return bool(self.q("SELECT 1 FROM reasm_parts WHERE parent = ? AND idx = ?", parent, idx))
+    def has_part(self, src: str, parent: str, idx: int) -> bool:
+        return bool(self.q("SELECT 1 FROM reasm_parts WHERE src = ? AND parent = ? AND idx = ?",
+                           src, parent, idx))
 
-    def add_parts(self, parts: list[tuple[str, int, str, str, int, int, float]],
-                  now: float) -> None:
-        """Record fragments (parent, index, src, kind, total, count, expires) in one go."""
+    def add_parts(self, parts: list[Part], now: float) -> None:
+        """Record fragments in one go; each reassembly's `received` becomes the bytes its
+        fragments cover (they may overlap once a fragment was cut again)."""
         with self.tx() as db:
-            for parent, idx, src, kind, total, count, expires in parts:
-                db.execute("INSERT OR IGNORE INTO reasm (parent, src, kind, total, count, "
+            for p in parts:
+                db.execute("INSERT OR IGNORE INTO reasm (src, parent, kind, total, count, "
                            "expires, started) VALUES (?,?,?,?,?,?,?)",
-                           (parent, src, kind, total, count, expires, now))
-                db.execute("INSERT OR IGNORE INTO reasm_parts VALUES (?, ?)", (parent, idx))
-            for parent in {p[0] for p in parts}:
-                db.execute("UPDATE reasm SET received = (SELECT count(*) FROM reasm_parts "
-                           "WHERE parent = ?) WHERE parent = ?", (parent, parent))
+                           (p.src, p.parent, p.kind, p.total, p.count, p.expires, now))
+                db.execute("UPDATE reasm SET count = max(count, ?) WHERE src = ? AND "
+                           "parent = ?", (p.count, p.src, p.parent))
+                db.execute("INSERT OR IGNORE INTO reasm_parts VALUES (?,?,?,?,?)",
+                           (p.src, p.parent, p.idx, p.offset, p.length))
+            for src, parent in {(p.src, p.parent) for p in parts}:
+                ranges = db.execute("SELECT offset, length FROM reasm_parts WHERE src = ? AND "
+                                    "parent = ? AND offset IS NOT NULL ORDER BY offset",
+                                    (src, parent)).fetchall()
+                db.execute("UPDATE reasm SET received = ? WHERE src = ? AND parent = ?",
+                           (covered([(r[0], r[1]) for r in ranges]), src, parent))
 
-    def drop_reasm(self, parent: str) -> None:
+    def unplaced_parts(self, src: str, parent: str) -> bool:
+        """Parts recorded before fragments were reassembled by byte range (no offsets)."""
+        return bool(self.q("SELECT 1 FROM reasm_parts WHERE src = ? AND parent = ? AND "
+                           "offset IS NULL", src, parent))
+
+    def drop_reasm(self, src: str, parent: str) -> None:
         with self.tx() as db:
-            db.execute("DELETE FROM reasm_parts WHERE parent = ?", (parent,))
-            db.execute("DELETE FROM reasm WHERE parent = ?", (parent,))
+            db.execute("DELETE FROM reasm_parts WHERE src = ? AND parent = ?", (src, parent))
+            db.execute("DELETE FROM reasm WHERE src = ? AND parent = ?", (src, parent))
 
     # rtt
     def rtt(self, peer: str, default: float) -> RttEstimator:
@@ -286,9 +413,43 @@ class State:
             db.execute("INSERT OR REPLACE INTO rtt VALUES (?,?,?,?,?)",
                        (peer, est.srtt, est.rttvar, est.samples, last_ack))
 
+    def save_clock(self, peer: str, offset: float, now: float) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO clocks VALUES (?,?,?)", (peer, offset, now))
+
+    def clock_offset(self, peer: str) -> float | None:
+        rows = self.q("SELECT offset FROM clocks WHERE peer = ?", peer)
+        return float(rows[0]["offset"]) if rows else None
+
     def last_ack(self, peer: str) -> float | None:
         rows = self.q("SELECT last_ack FROM rtt WHERE peer = ?", peer)
         return rows[0]["last_ack"] if rows else None
+
+
+@dataclass(frozen=True)
+class Part:
+    """A fragment a receiver made durable: where its bytes go in the reassembly."""
+
+    src: str
+    parent: str
+    idx: int
+    offset: int
+    length: int
+    kind: str
+    total: int
+    count: int
+    expires: float
+
+
+def covered(ranges: list[tuple[int, int]]) -> int:
+    """Bytes covered by (offset, length) ranges sorted by offset, overlaps counted once."""
+    total, end = 0, 0
+    for offset, length in ranges:
+        start, stop = max(offset, end), offset + length
+        if stop > start:
+            total += stop - start
+        end = max(end, stop)
+    return total
 
 
 def _message(r: sqlite3.Row) -> Message:
