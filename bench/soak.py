@@ -72,6 +72,7 @@ LINK_REASONS = {"integrity", "bad-signature", "truncated", "bad-zstd", "bad-magi
                 "payload-too-large", "absurd-fragment", "bad-fragment", "unknown-key",
                 "misaddressed", "zstd-bomb"}
 DRAIN_TIMEOUT = 600.0
+COUNTERS = ("offered", "delivered", "dropped", "duplicated", "corrupted")
 
 
 def say(msg: str) -> None:
@@ -138,6 +139,7 @@ class Soak:
     attacks: list[str] = field(default_factory=list)
     releases: list[str] = field(default_factory=list)
     procs: dict[str, Proc] = field(default_factory=dict)
+    link_totals: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     @property
     def earth(self) -> Path:
@@ -215,6 +217,8 @@ class Soak:
 
     def kill_one(self) -> str:
         name = self.rng.choice(sorted(self.procs))
+        if name == "link-sim":
+            self.add_link_stats()  # a new link-sim counts from zero
         self.procs[name].kill()
         time.sleep(self.rng.uniform(0, 2))
         self.procs[name].start()
@@ -246,6 +250,16 @@ class Soak:
             ("earth" if dst == "mars" else "mars")
         return len(list(folder.glob("soak-*"))) >= len(self.sent[dst]) if folder.exists() \
             else not self.sent[dst]
+
+    def add_link_stats(self) -> None:
+        stats = self.link_stats()
+        for d in ("a->b", "b->a"):
+            for what in COUNTERS:
+                got = stats.get(d, {}).get(what) or {}
+                total = self.link_totals.setdefault(d, {}).setdefault(what, {"count": 0,
+                                                                             "bytes": 0})
+                total["count"] += int(got.get("count", 0))
+                total["bytes"] += int(got.get("bytes", 0))
 
     def link_stats(self) -> dict[str, Any]:
         try:
@@ -369,19 +383,16 @@ def main() -> int:
     problems += [f"{name} exited {code} on SIGTERM" for name, code in codes.items()
                  if code not in (0, None)]
     rss = {name: p.peak_rss for name, p in soak.procs.items()}
+    soak.add_link_stats()
     problems += [f"{name} peak RSS {v / 2**20:.0f} MiB over the bound"
                  for name, v in rss.items() if name != "link-sim" and v > args.rss_bound]
-    stats = soak.link_stats()
     report = {"benchmark": "soak", "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
               "python": platform.python_version(), "params": {
                   k: v for k, v in vars(args).items()},
               "files": sum(len(v) for v in soak.sent.values()), "bytes": soak.bytes_sent,
               "releases": len(soak.releases), "attacks": len(soak.attacks),
               "kills": {k: kills.count(k) for k in sorted(set(kills))},
-              "drain_seconds": drain, "peak_rss": rss, "link": {
-                  d: {k: stats.get(d, {}).get(k) for k in
-                      ("offered", "delivered", "dropped", "duplicated", "corrupted")}
-                  for d in ("a->b", "b->a")},
+              "drain_seconds": drain, "peak_rss": rss, "link": soak.link_totals,
               "quarantine": soak.quarantine_reasons(), "problems": problems,
               "pass": not problems}
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")

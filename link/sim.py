@@ -1,9 +1,10 @@
 """The I/O loop of link-sim: poll both outboxes, take files, deliver them when due.
 
-Discovery is plain polling with os.scandir every `poll` seconds (20 ms by default) rather
-than inotify/watchdog: a simulator must not miss a file, and polling cannot lose events
-(no queue overflow, no rename pairs to match, no watch to re-arm when a home or an outbox
-folder appears late). Two scandir calls per poll are cheap next to a link's own pace.
+Discovery is plain polling every `poll` seconds (20 ms by default) rather than
+inotify/watchdog: a simulator must not miss a file, and polling cannot lose events (no queue
+overflow, no rename pairs to match, no watch to re-arm when a home or an outbox folder
+appears late). A poll only stat()s each outbox, and scans it when its stamp changed: a scan
+opens the folder, which wakes the nodes' own watchers (see OutboxStamp).
 
 All decisions come from `model.Direction`; all persistence from `state.Lane`. This module
 only glues them to the clock, the directories, the stats file and the log.
@@ -18,6 +19,7 @@ import signal
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -34,9 +36,16 @@ from .state import Item, Lane, LostPayload, StateDir, utc_text
 POLL = 0.02
 STATS_EVERY = 0.5  # the stats file is rewritten at least this often while running
 SUMMARY_EVERY = 10.0
-# While the link cannot take a file, the outbox is only rescanned this often (for the
+# While the link cannot take a file, the outbox is only looked at this often (for the
 # "queued" figure): a long backlog behind a slow link is not re-sorted every poll.
 RESCAN_WHILE_BUSY = 0.5
+# A folder's timestamps have a granularity (a kernel tick; 2 s on FAT): a name added in the
+# same tick as the scan that saw the stamp leaves the stamp as it was. So a stamp is trusted
+# only once a scan began this long after the stamp was first seen.
+SETTLE = 2.0
+# An outbox whose stamp is trusted is still scanned this often, for filesystems that do not
+# keep a folder's timestamps (some FUSE and network mounts): late there, never lost.
+RESCAN_ANYWAY = 10.0
 A_TO_B = "a->b"
 B_TO_A = "b->a"
 
@@ -149,6 +158,46 @@ class Endpoint:
             self._complaint = complaint
 
 
+Stamp = tuple[int, int, int, int]  # st_dev, st_ino, st_mtime_ns, st_ctime_ns
+
+
+class OutboxStamp:
+    """Says whether an outbox may have changed since it was last scanned, without opening it.
+
+    A scan opens and closes the folder, and each open and close is an inotify event
+    (IN_OPEN, IN_CLOSE_NOWRITE) for every watch on the folder and on its parent. A node
+    watches its whole outbox with watchdog, which asks for both, so scanning both outboxes
+    every poll kept two idle nodes' watcher threads awake (about 2 % CPU each). stat() makes
+    no event, and adding, removing or renaming a name in a folder updates its mtime and ctime
+    (ctime cannot be set back by utime), so an unchanged outbox is only stat'ed.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._stamp: Stamp | None = None
+        self._first_seen = 0.0  # when the current stamp was first seen
+        self._trusted: Stamp | None = None  # a stamp a scan saw everything under
+        self._scanned_at = -math.inf
+
+    def must_scan(self, outbox: Path) -> bool:
+        try:
+            st = os.stat(outbox)
+        except FileNotFoundError:
+            self._stamp = None
+            return True  # the scan says what it waits for
+        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        now = self.clock()
+        if stamp != self._stamp:
+            self._stamp, self._first_seen = stamp, now
+        return stamp != self._trusted or now - self._scanned_at >= RESCAN_ANYWAY
+
+    def scanned(self, started: float) -> None:
+        """A scan that began at `started` (this clock, after must_scan) went through."""
+        self._scanned_at = started
+        if self._stamp is not None and started - self._first_seen >= SETTLE:
+            self._trusted = self._stamp
+
+
 class Channel:
     """One direction of the link in the real world: an outbox, a lane, an inbox."""
 
@@ -167,6 +216,8 @@ class Channel:
         self.queued = 0  # files left waiting in the outbox at the last scan
         self._backlog_at: float | None = None  # last scan time, if files were left waiting
         self._scanned_at = -math.inf
+        self._outbox: Path | None = None
+        self._stamp = OutboxStamp()
         self._was_up: bool | None = None
         self._complaint: str | None = None
 
@@ -212,13 +263,20 @@ class Channel:
     # -- taking ---------------------------------------------------------------------------
 
     def outbox(self) -> Path:
-        assert self.dst.name is not None
-        return self.src.home / "outbox" / self.dst.name
+        if self._outbox is None:  # built once: this runs every poll
+            assert self.dst.name is not None
+            self._outbox = self.src.home / "outbox" / self.dst.name
+        return self._outbox
 
     def _take(self, now: float) -> None:
-        if not self.model.can_take(now) and now - self._scanned_at < RESCAN_WHILE_BUSY:
+        can_take = self.model.can_take(now)
+        if not can_take and now - self._scanned_at < RESCAN_WHILE_BUSY:
             return
         outbox = self.outbox()
+        # Files left waiting at the last scan need one as soon as the link can take them.
+        if not self._stamp.must_scan(outbox) and not (can_take and self.queued):
+            return
+        scan_began = self._stamp.clock()
         names = self._scan(outbox)
         self._scanned_at = now
         # A file that was already waiting when the link became free started then, not at
@@ -230,6 +288,7 @@ class Channel:
             taken += 1
         self.queued = len(names) - taken
         self._backlog_at = now if self.queued else None
+        self._stamp.scanned(scan_began)  # not before: a failed take is retried next poll
 
     def _scan(self, outbox: Path) -> list[str]:
         try:

@@ -7,11 +7,9 @@ Most run two nodes in one process on a fake clock with a link the test drives by
 from __future__ import annotations
 
 import errno
-import io
 import os
 import resource
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -19,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from outpost.codec import Header, new_id, pack_bytes
-from outpost.errors import ConfigError, LocalError, StateError
+from outpost.codec import new_id, pack_bytes
+from outpost.errors import ConfigError, StateError
 from outpost.fsutil import try_lock
 from outpost.home import load_home
 from outpost.node.context import open_node
@@ -28,7 +26,7 @@ from outpost.node.daemon import Daemon
 from outpost.node.handlers import FileHandler, safe_name
 from outpost.node.setup import init_home, repair_home, trust_peer
 from outpost.store.spool import bundle_files, read_reason
-from outpost.store.state import FAILED, State
+from outpost.store.state import FAILED
 
 from .helpers import Pair, header
 from .procs import tool
@@ -415,5 +413,16 @@ def test_messages_say_an_earth_home(tmp_path: Path) -> None:
     assert "is an Earth home" in out.stderr and "a earth" not in out.stderr
 
 
-def _unused() -> tuple[object, ...]:
-    return (Header, LocalError, State, sqlite3, io, load_home)
+def test_an_outpost_without_a_registry_says_so_when_it_starts(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from outpost.node.sender import Sender
+    from outpost.roles import make_role
+
+    home = init_home(tmp_path / "mars", "outpost", "mars")
+    node = open_node(home)
+    role = make_role(node, Sender(node))
+    role.on_start()
+    role.on_stop()
+    assert any("no registry configured" in r.message for r in caplog.records)
+    assert any("no registry configured" in r.message and r.levelname == "WARNING"
+               for r in caplog.records)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -14,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from watchdog.observers.inotify_c import WATCHDOG_ALL_EVENTS
+
+from link.sim import RESCAN_ANYWAY, SETTLE
 
 pytestmark = pytest.mark.slow
 
@@ -107,6 +112,34 @@ def read_stats(path: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
+class InotifyEvents:
+    """The raw inotify events a node's watchdog reads for one folder (its own mask). Each one
+    wakes watchdog's threads, even those it then drops (a folder opened, then closed)."""
+
+    def __init__(self, folder: Path) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0 or libc.inotify_add_watch(self.fd, bytes(folder), WATCHDOG_ALL_EVENTS) < 0:
+            raise OSError(ctypes.get_errno(), f"cannot watch {folder}")
+
+    def read(self) -> int:
+        """How many events came since the last call."""
+        count = 0
+        while True:
+            try:
+                buffer = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return count
+            offset = 0
+            while offset < len(buffer):  # struct inotify_event: wd, mask, cookie, len, name
+                name_length = struct.unpack_from("iIII", buffer, offset)[3]
+                offset += 16 + name_length
+                count += 1
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 def test_latency_both_directions_and_stats(
     homes: tuple[Path, Path], tmp_path: Path, running: Callable[..., LinkSim]
 ) -> None:
@@ -148,6 +181,33 @@ def test_latency_both_directions_and_stats(
     # taken in name order: priority, then age
     taken = [line.split()[4] for line in sim.stderr().splitlines() if " a->b taken " in line]
     assert taken == sorted(payloads)
+
+
+def test_an_idle_link_leaves_the_nodes_watchers_asleep_and_takes_a_new_file_at_once(
+    homes: tuple[Path, Path], running: Callable[..., LinkSim]
+) -> None:
+    a, b = homes
+    outbox = a / "outbox" / "b"
+    running("--a", str(a), "--b", str(b))
+    drop(a, "b", "0001-first.opb", b"first")
+    wait_for(lambda: visible(b / "inbox") == ["0001-first.opb"], 5, "the first file")
+    time.sleep(SETTLE + 0.5)  # an outbox is scanned every poll for SETTLE after it changed
+    events = InotifyEvents(outbox)
+    try:
+        time.sleep(3.0)
+        idle = events.read()
+        # Scanning the outbox every poll (20 ms) opened and closed it: ~300 events in 3 s.
+        # Now it is only stat'ed, and scanned anyway once per RESCAN_ANYWAY (2 events).
+        assert RESCAN_ANYWAY > 3.0 and idle <= 2, f"{idle} inotify events in 3 s of idling"
+
+        dropped_at = time.time()
+        drop(a, "b", "0002-second.opb", b"second")
+        drop(a, "b", "0003-third.opb", b"third")  # at once, perhaps in the same mtime tick
+        arrived = wait_for(lambda: len(visible(b / "inbox")) == 3, 5, "two new files")
+        assert arrived - dropped_at < 0.5  # a poll or two, not a periodic rescan
+        assert events.read() > 0  # the watch works: the link's own work shows
+    finally:
+        events.close()
 
 
 def test_bandwidth_serialises_and_leaves_queued_files_in_the_outbox(
