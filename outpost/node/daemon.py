@@ -26,7 +26,7 @@ from ..store.state import Message
 from .context import Node, log
 from .handlers import Handler, default_handlers
 from .receiver import Receiver
-from .sender import Sender
+from .sender import Sender, remove_stale_writes
 
 BUSY_TICK = 0.1
 HOUSEKEEPING = 60.0
@@ -246,6 +246,8 @@ class Daemon:
         self.receiver.expire_reassemblies()
         self.node.state.prune_seen(now - 86400.0 - s.clock_skew)
         self.node.state.prune_messages(now - KEEP_FINISHED)
+        for peer in self.node.peers():
+            remove_stale_writes(self.node.home.outbox(peer))
         removed = prune_quarantine(self.node.home.quarantine, s.quarantine_max)
         if removed:
             log.info("pruned %d old quarantined file(s)", removed)

@@ -221,9 +221,14 @@ class Receiver:
         for path, h in batch:
             self.acks.add(h.src, h.id, now)
             path.unlink(missing_ok=True)
-        for src, parent in parents:
-            if self._whole_here(src, parent):
-                self.complete(src, parent)
+        full = [(src, parent) for src, parent in parents if self._whole_here(src, parent)]
+        if full:
+            # Ack the last fragments before the (long) verification of the whole bundle,
+            # or the sender's timers run out meanwhile and it resends them.
+            for peer, ids in self.acks.due(now, force=True):
+                self.sender.send_ack(peer, ids)
+        for src, parent in full:
+            self.complete(src, parent)
 
     def _whole_here(self, src: str, parent: str) -> bool:
         row = self.node.state.reasm(src, parent)

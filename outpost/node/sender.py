@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -45,6 +47,8 @@ from .context import Node, log
 
 ACK_LIFETIME = 86400.0
 MAX_ROUNDS = 3  # times a whole message is sent again because the peer lost it
+WRITING = ".writing"  # a unit's hidden name while it is written, before its claim
+WRITE_GRACE = 60.0  # a hidden file untouched this long was left by a writer that died
 
 
 class Sender:
@@ -101,25 +105,34 @@ class Sender:
             queued += unit.size
 
     def _materialise(self, unit: Unit) -> None:
+        """Write the unit under a hidden name, claim it, then give it its outbox name.
+
+        Written first, claimed second: while the hidden file is there, the unit is being
+        written, not taken by the link (scan_taken), even by another process. A crash after
+        the claim leaves a hidden file that goes stale: the unit then counts as taken and
+        lost, and the retry timer repairs it."""
         msg = self.node.state.message(unit.msg)
-        if msg is None or not self.node.state.claim(unit.id):
+        if msg is None or msg.state != SENDING:
             return
-        # Claimed first, written second: a crash in between looks like a unit the link took
-        # and lost, which the retry timer repairs.
         dest = self.node.home.outbox(unit.peer) / unit.name
         dest.parent.mkdir(parents=True, exist_ok=True)
+        hidden = dest.with_name(f".{dest.name}.{os.getpid()}{WRITING}")
         custody = Path(msg.path)
         try:
             if unit.idx < 0:
-                with open(custody, "rb") as src, atomic_writer(dest) as out:
+                with open(custody, "rb") as src, atomic_writer(hidden) as out:
                     shutil.copyfileobj(src, out, 1024 * 1024)
             else:
                 frag = fragment_at(self._head(msg), unit.idx, max(msg.units, unit.idx + 1),
                                    unit.offset, unit.size, msg.size)
-                write_fragment(dest, custody, frag, self.node.seed)
+                write_fragment(hidden, custody, frag, self.node.seed)
         except FileNotFoundError:
             self.fail(msg, f"its custody copy {custody} is gone")
             return
+        if not self.node.state.claim(unit.id):
+            hidden.unlink(missing_ok=True)  # another process took it first
+            return
+        os.replace(hidden, dest)
         if unit.attempts:
             log.info("resending %s to %s (attempt %d)", unit.id, unit.peer, unit.attempts + 1)
 
@@ -130,10 +143,16 @@ class Sender:
         return self._heads[msg.id]
 
     def scan_taken(self, peer: str) -> None:
-        """Units whose files left the outbox were taken by the link: start their timers."""
-        present = names_in(self.node.home.outbox(peer))
+        """Units whose files left the outbox were taken by the link: start their timers.
+
+        A unit whose hidden file is there is still being written (by `send` in another
+        process, say), not taken; one whose writer died is counted as taken once that file
+        went stale, and its timer resends it."""
+        outbox = self.node.home.outbox(peer)
+        present = names_in(outbox)
         now = self.node.clock()
-        taken = [u for u in self.node.state.units(peer, QUEUED) if u.name not in present]
+        taken = [u for u in self.node.state.units(peer, QUEUED) if u.name not in present
+                 and not being_written(outbox, u.name, present)]
         if not taken:
             return
         s = self.settings
@@ -170,7 +189,19 @@ class Sender:
         if again:
             self.node.state.set_units([(u.id, {"state": NEW}) for u in again])
         for msg in self.node.state.awaiting_whole(peer, now):
+            self._whole_overdue(msg, now)
+
+    def _whole_overdue(self, msg: Message, now: float) -> None:
+        """Every fragment acked, no ack of the whole yet: first send one fragment again (a
+        peer that delivered the whole acks it again when a fragment of it comes, so a lost
+        ack costs one fragment); only if that brings nothing either, all of it."""
+        if msg.meta.get("probed", 0) > msg.rounds:
             self._send_again(msg, "its ack of the whole did not come")
+            return
+        last = self.node.state.units_of(msg.id)[-1]
+        log.info("%s %s to %s: no ack of the whole yet; sending %s again to ask", msg.kind,
+                 msg.id, msg.peer, last.id)
+        self.node.state.probe(msg.id, last.id, now + self._whole_wait(msg.peer, msg))
 
     def _split(self, unit: Unit, msg: Message) -> None:
         first, half = self.node.state.next_index(msg.id), unit.size // 2
@@ -260,11 +291,12 @@ class Sender:
 
     def _whole_wait(self, peer: str, msg: Message) -> float:
         """How long the peer may take to ack the whole once it holds every fragment: verify
-        and deliver it (allowing 10 MB/s), and the ack's round trip, doubled per round; it
-        acks at once in the usual case, so this only bounds a lost ack or reassembly."""
+        and deliver it (allowing 10 MB/s) and the ack's round trip, twice over, doubled per
+        round; it acks at once in the usual case, so this only bounds a lost ack (or a lost
+        reassembly whose report was lost too)."""
         s = self.settings
         rto = self.node.state.rtt(peer, s.rtt).rto(s.min_rto, s.rto_cap)
-        return float((s.rto_cap + 2 * rto + msg.size / 10e6) * 2 ** msg.rounds)
+        return float((2 * rto + msg.size / 10e6) * 2 ** msg.rounds)
 
     def _units_acked_by(self, ids: list[str]) -> list[Unit]:
         """Units named by an ack: unit ids, or a message id for the whole of it (a message
@@ -317,6 +349,31 @@ class Sender:
 
     def busy(self) -> bool:
         return bool(self.node.state.messages(SENDING))
+
+
+def being_written(outbox: Path, name: str, present: set[str]) -> bool:
+    """A fresh hidden file of the unit `name` is in `outbox` (see _materialise)."""
+    prefix = f".{name}."
+    for entry in present:
+        if entry.startswith(prefix) and entry.endswith(WRITING):
+            try:
+                age = time.time() - (outbox / entry).stat().st_mtime
+            except FileNotFoundError:
+                continue
+            return age < WRITE_GRACE
+    return False
+
+
+def remove_stale_writes(outbox: Path) -> None:
+    """Hidden files a writer that died left in an outbox (their units are resent)."""
+    for entry in names_in(outbox):
+        if entry.startswith(".") and (entry.endswith(WRITING) or entry.endswith(".part")):
+            path = outbox / entry
+            try:
+                if time.time() - path.stat().st_mtime > WRITE_GRACE:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
 
 
 def custody_message(header: Header, path: Path, frag_size: int,

@@ -280,6 +280,15 @@ class State:
         with self.tx() as db:
             db.execute("UPDATE messages SET whole_due = ? WHERE id = ?", (due, msg_id))
 
+    def probe(self, msg_id: str, unit_id: str, due: float) -> None:
+        """Send one unit again to ask for a missing ack of the whole (see Sender)."""
+        with self.tx() as db:
+            db.execute("UPDATE messages SET whole_due = ?, meta = json_set(meta, '$.probed', "
+                       "coalesce(json_extract(meta, '$.probed'), 0) + 1) WHERE id = ?",
+                       (due, msg_id))
+            db.execute("UPDATE units SET state = ?, next_retry = NULL WHERE id = ? AND "
+                       "state = ?", (NEW, unit_id, ACKED))
+
     def send_again(self, msg_id: str) -> None:
         """The peer lost the whole: every unit goes out again (not the ones in the outbox)."""
         with self.tx() as db:
