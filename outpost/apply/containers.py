@@ -35,7 +35,6 @@ import requests.exceptions
 
 from ..errors import ApplyFailed, DockerError, ImagesMissing
 from ..home import OutpostSettings
-from ..images.docker_source import docker_client
 from ..release.config import Health
 from .context import Job
 from .health import wait_healthy
@@ -52,6 +51,18 @@ def docker_faults(what: str) -> Iterator[None]:
         yield
     except _DOCKER_FAULTS as e:
         raise DockerError(f"{what}: {e}") from None
+
+
+def docker_client(base_url: str | None = None) -> Any:
+    """The Docker SDK's client of the outpost's daemon, checked to answer."""
+    try:
+        client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+        client.ping()
+    except _DOCKER_FAULTS as e:
+        raise DockerError(f"no Docker daemon answers at {base_url or 'DOCKER_HOST'} ({e}); "
+                          "start one (scripts/services start), or point [outpost] docker in "
+                          "node.toml (or DOCKER_HOST) at one") from None
+    return client
 
 
 class DockerApplier:

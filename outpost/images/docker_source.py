@@ -1,4 +1,4 @@
-"""Earth's side: images from its Docker daemon (`docker save` through the SDK), streamed.
+"""Earth's side: images from its Docker daemon (`docker save`, engine.py), streamed.
 
 `docker save` names layers by legacy ids or blob paths, not diff_ids, so each file in the
 stream is hashed while it is spooled to a temporary file; the ones the outpost lacks then
@@ -13,39 +13,32 @@ import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, cast
-
-import docker
-import docker.errors
+from typing import BinaryIO, cast
 
 from ..codec import PartWriter
-from ..errors import ConfigError, DockerError
+from ..errors import DockerError
 from ..release.manifest import ImageFacts
+from .engine import Engine
 from .parts import ImagePayload, Part
 
 SAVE_CHUNK = 1024 * 1024
 
 
-def docker_client(base_url: str | None = None) -> Any:
-    try:
-        client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as e:
-        raise DockerError(f"no Docker daemon answers at {base_url or 'DOCKER_HOST'} ({e}); "
-                          "start one (scripts/services start), or point DOCKER_HOST (at an "
-                          "outpost: [outpost] docker in node.toml) at one") from None
-    return client
+def docker_engine(base_url: str | None = None) -> Engine:
+    """Earth's Docker daemon, checked to answer."""
+    engine = Engine(base_url)
+    engine.ping()
+    return engine
 
 
-def image_facts(client: Any, ref: str) -> ImageFacts:
+def image_facts(engine: Engine, ref: str) -> ImageFacts:
+    attrs = engine.inspect_image(ref)
     try:
-        attrs = client.api.inspect_image(ref)
-    except docker.errors.ImageNotFound:
-        raise ConfigError(f"image {ref} is not in Earth's Docker daemon; build or tag it, "
-                          "then publish again") from None
-    except docker.errors.APIError as e:
-        raise DockerError(f"docker inspect {ref}: {e}") from None
-    return ImageFacts(ref=ref, image_id=attrs["Id"], diff_ids=list(attrs["RootFS"]["Layers"]))
+        return ImageFacts(ref=ref, image_id=attrs["Id"],
+                          diff_ids=list(attrs["RootFS"]["Layers"]))
+    except (KeyError, TypeError):
+        raise DockerError(f"docker inspect {ref}: no image ID or layers in the answer") \
+            from None
 
 
 class ChunkReader:
@@ -70,19 +63,19 @@ class ChunkReader:
         return bytes(out)
 
 
-def spool_save(client: Any, facts: ImageFacts, wanted: set[str], into: Path) -> dict[str, Path]:
+def spool_save(engine: Engine, facts: ImageFacts, wanted: set[str],
+               into: Path) -> dict[str, Path]:
     """Stream `docker save` of the image; keep the config and the `wanted` layers as files
     named by digest in `into`. Returns digest -> path for what was kept."""
+    kept: dict[str, Path] = {}
+    reader = cast(BinaryIO, ChunkReader(engine.save(facts.image_id)))
     try:
-        stream = client.api.get_image(facts.image_id, chunk_size=SAVE_CHUNK)
-        kept: dict[str, Path] = {}
-        reader = cast(BinaryIO, ChunkReader(stream))
         with tarfile.open(fileobj=reader, mode="r|") as tar:
             for member in tar:
                 if member.isfile():
                     _spool_member(tar, member, {facts.image_id, *wanted}, into, kept)
-    except docker.errors.APIError as e:
-        raise DockerError(f"docker save {facts.ref}: {e}") from None
+    except tarfile.TarError as e:
+        raise DockerError(f"docker save {facts.ref}: not a tar stream ({e})") from None
     missing = {facts.image_id, *wanted} - set(kept)
     if missing:
         raise DockerError(f"docker save of {facts.ref} lacks {sorted(missing)[:2]}")
@@ -108,12 +101,12 @@ def _spool_member(tar: tarfile.TarFile, member: tarfile.TarInfo, wanted: set[str
         Path(tmp.name).unlink()
 
 
-def write_image(client: Any, facts: ImageFacts, held: set[str], w: PartWriter,
+def write_image(engine: Engine, facts: ImageFacts, held: set[str], w: PartWriter,
                 scratch: Path) -> ImagePayload:
     """Write the config and the layers not in `held` into the payload, a frame each."""
     wanted = [d for d in dict.fromkeys(facts.diff_ids) if d not in held]
     with tempfile.TemporaryDirectory(dir=scratch) as tmpdir:
-        files = spool_save(client, facts, set(wanted), Path(tmpdir))
+        files = spool_save(engine, facts, set(wanted), Path(tmpdir))
         parts = [Part(facts.image_id, files[facts.image_id].stat().st_size)]
         parts += [Part(d, files[d].stat().st_size) for d in wanted]
         for part in parts:

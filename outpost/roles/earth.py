@@ -10,7 +10,8 @@ from typing import Any
 
 from ..codec import BULK, EXPEDITED, Header, PartWriter
 from ..errors import ConfigError, MalformedBundle
-from ..images.docker_source import docker_client, image_facts, write_image
+from ..images.docker_source import docker_engine, image_facts, write_image
+from ..images.engine import Engine
 from ..node.context import Node, log
 from ..node.handlers import Handler
 from ..node.sender import Sender
@@ -55,7 +56,7 @@ class Earth(Role):
         commit = git.head(self.repo)
         cfg = parse_release_config(git.show(self.repo, commit, "outpost.toml"),
                                    f"outpost.toml at {commit[:12]}")
-        client = docker_client(self.docker_host)
+        client = docker_engine(self.docker_host)
         return Release(commit, [image_facts(client, ref) for ref in cfg.images]), cfg, client
 
     def publish(self, peers: list[str] | None = None, *, via_link: bool = True) -> list[Sent]:
@@ -66,7 +67,7 @@ class Earth(Role):
                 raise ConfigError(f"{peer!r} is not a trusted peer")
         return [self._publish_to(peer, release, client, via_link) for peer in targets]
 
-    def _publish_to(self, peer: str, release: Release, client: Any, via_link: bool) -> Sent:
+    def _publish_to(self, peer: str, release: Release, client: Engine, via_link: bool) -> Sent:
         sent = Sent(peer)
         pending = self.pending(peer)
         base = self.store.commit_of(peer)
@@ -82,7 +83,7 @@ class Earth(Role):
         log.info("published %s to %s: %d message(s)", release.id, peer, len(sent.messages))
         return sent
 
-    def _send_image(self, peer: str, facts: ImageFacts, client: Any, layers: set[str],
+    def _send_image(self, peer: str, facts: ImageFacts, client: Engine, layers: set[str],
                     release: str | None, via_link: bool = True) -> dict[str, Any]:
         """An image bundle with the layers not in `layers` (which then holds them all)."""
         wanted = [d for d in dict.fromkeys(facts.diff_ids) if d not in layers]
@@ -108,7 +109,7 @@ class Earth(Role):
                     via_link=via_link, custody={"holds": {COMMIT: [release.commit]}})
         return _describe(msg, f"release {release.id} (config from {(base or 'the start')[:12]})")
 
-    def _image_fill(self, client: Any, facts: Any, held: set[str]) -> Any:
+    def _image_fill(self, client: Engine, facts: Any, held: set[str]) -> Any:
         def fill(w: PartWriter) -> dict[str, Any]:
             return write_image(client, facts, held, w, self.node.home.spool).to_meta()
         return fill
@@ -145,7 +146,7 @@ class Earth(Role):
         """An outpost's apply found images missing: send them (only the layers it lacks),
         or say that Earth does not have them either."""
         refs, layers, release = _image_request(read_control(self.node, header, path))
-        client = docker_client(self.docker_host)
+        client = docker_engine(self.docker_host)
         sent, unavailable = [], []
         held = set(layers)
         for ref in refs:
