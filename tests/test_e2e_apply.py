@@ -169,6 +169,8 @@ def test_releases_run_update_only_what_changed_and_a_bad_one_rolls_back(
 
         c2 = site.release(docker_release([v1, v2], service_toml("app", v2, app), side_service),
                           "v2: a new app, the same side")
+        # v1's report may still be on the link: count what crosses for v2 only after it came
+        wait_for(lambda: site.earth_view()["running"] == c1, 30, "Earth to hear of v1")
         earth_db = State(site.earth.state_db)
         seen_before = len(earth_db.q("SELECT id FROM seen WHERE src = 'mars'"))
         site.publish()

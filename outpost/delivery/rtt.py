@@ -33,8 +33,12 @@ class RttEstimator:
             self.srtt = (1 - ALPHA) * self.srtt + ALPHA * sample
         self.samples += 1
 
-    def rto(self, min_rto: float, max_rto: float) -> float:
-        return min(max(self.srtt + K * self.rttvar, min_rto), max_rto)
+    def rto(self, min_margin: float, max_rto: float) -> float:
+        """The smoothed round trip plus a margin of at least `min_margin` (as Linux floors
+        its variance at rto_min): on a steady link the variance shrinks to nothing, but the
+        peer's own work (a git fetch, an import between two acks) still varies, and a
+        timer at the bare round trip resends a burst the peer is about to ack."""
+        return min(self.srtt + max(K * self.rttvar, min_margin), max_rto)
 
 
 ALIVE_BACKOFF, ALIVE_CAP = 1.5, 4.0
