@@ -74,6 +74,9 @@ class EarthSettings:
 
     config: str = "config"  # the config repo, relative to the home
     docker: str | None = None  # the Docker daemon images come from (default: DOCKER_HOST)
+    # Terraform provider mirrors, ":"-separated (default: Terraform's own plugin folders)
+    terraform_mirror: str | None = None
+    terraform_platform: str = "linux_amd64"  # the outposts' os_arch
 
     @classmethod
     def from_table(cls, table: dict[str, Any], where: str = "[earth]") -> EarthSettings:
@@ -85,6 +88,9 @@ class OutpostSettings:
     """node.toml's [outpost] table (docs/configuration.md)."""
 
     registry: str | None = None  # the outpost registry, host:port (default: OUTPOST_REGISTRY)
+    # its CA (relative to the home, or absolute): set, the registry is spoken to over
+    # HTTPS (docs/registry-tls.md); default: OUTPOST_REGISTRY_CA, else plain HTTP
+    registry_ca: str | None = None
     docker: str | None = None  # the Docker daemon releases run on (default: DOCKER_HOST)
     sync_interval: float = 6 * 3600.0  # ask Earth for what is missing this often (0: never)
     sync_on_start: bool = True
@@ -94,6 +100,8 @@ class OutpostSettings:
     image_request_retry: float = 300.0  # ask again this long after Earth said it lacks one
     answer_timeout: float = 0.0  # ask again when nothing came (0: 4 round trips, >= 10 min)
     stop_timeout: float = 10.0  # a container's grace between SIGTERM and SIGKILL
+    terraform: str = "terraform"  # the terraform applier's program (or tofu)
+    terraform_lock_timeout: float = 300.0  # how long terraform waits for its state lock
 
     def __post_init__(self) -> None:
         if self.apply not in APPLY_MODES:
@@ -114,7 +122,8 @@ class OutpostSettings:
     @classmethod
     def from_table(cls, table: dict[str, Any], where: str = "[outpost]") -> OutpostSettings:
         return _typed(cls, table, where, durations={
-            "sync_interval", "image_request_retry", "answer_timeout", "stop_timeout"})
+            "sync_interval", "image_request_retry", "answer_timeout", "stop_timeout",
+            "terraform_lock_timeout"})
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,16 @@ class Home:
     def mirror(self) -> Path:
         """The outpost's bare mirror of Earth's config repository."""
         return self.path / "config.git"
+
+    @property
+    def terraform(self) -> Path:
+        """The terraform applier's own: providers (a filesystem mirror), state, CLI config."""
+        return self.path / "terraform"
+
+    @property
+    def provider_mirror(self) -> Path:
+        """The outpost's filesystem mirror of provider packages (unpacked layout)."""
+        return self.terraform / "providers"
 
     @property
     def state_db(self) -> Path:
@@ -227,6 +246,9 @@ def load_home(path: Path) -> Home:
                           "[delivery], [earth], [outpost])")
     outpost = OutpostSettings.from_table(_table(data, "outpost", toml), f"{toml}: [outpost]")
     outpost = replace(outpost, registry=outpost.registry or os.environ.get("OUTPOST_REGISTRY"),
+                      # the CA from the environment goes with the registry from it only
+                      registry_ca=outpost.registry_ca or (None if outpost.registry else
+                                                          os.environ.get("OUTPOST_REGISTRY_CA")),
                       docker=outpost.docker or os.environ.get("OUTPOST_DOCKER"))
     return Home(path=path, name=name, role=role,
                 settings=Settings.from_table(_table(data, "delivery", toml),

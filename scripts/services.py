@@ -1,6 +1,7 @@
 """Services the tests, CI and the demo need: a Docker daemon and a distribution registry.
 
-    scripts/services start [--outpost-docker] [--dir DIR]   start what is missing, reuse the rest
+    scripts/services start [--outpost-docker] [--registry-tls HOME_OR_TLS_DIR
+                           [--registry-addr IP]] [--dir DIR]   start what is missing, reuse the rest
     scripts/services stop [--purge] [--dir DIR]             stop what `start` started
     scripts/services status [--dir DIR]                     what runs
     scripts/services env [--dir DIR]                        shell exports: eval "$(... env)"
@@ -12,7 +13,11 @@ before the virtualenv exists.
   never touched. Otherwise `dockerd` (Debian docker.io, as root) is started with everything
   under DIR/docker/ and its socket at DIR/docker.sock; `stop` stops it.
 - Registry: always our own `docker-registry serve DIR/registry.yml` (Debian docker-registry,
-  distribution 2.8) on a free loopback port, storage in DIR/registry/.
+  distribution 2.8) on a free loopback port, storage in DIR/registry/. Plain HTTP, which
+  Docker accepts on loopback only. `--registry-tls` serves it over TLS with the certificate
+  `outpost-node init --registry-tls` made (HOME/tls/registry.crt and .key, checked against
+  its ca.crt), on `--registry-addr` (default 127.0.0.1), and exports OUTPOST_REGISTRY_CA too
+  (docs/registry-tls.md). A running registry served otherwise than asked is restarted.
 - `--outpost-docker`: a second daemon of our own for the outpost side (DIR/outpost-docker/,
   socket DIR/outpost-docker.sock), with its own image store, so a test can show an image
   arrived through the registry rather than being already there.
@@ -33,6 +38,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -47,6 +53,7 @@ REGISTRY_TIMEOUT = 30.0
 # env var name -> state key
 EXPORTS = {"DOCKER_HOST": "docker", "OUTPOST_REGISTRY": "registry",
            "OUTPOST_DOCKER_OUTPOST": "outpost_docker"}
+LOOPBACK = "127.0.0.1"
 
 
 class ServiceError(Exception):
@@ -94,18 +101,41 @@ def docker_answers(host: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def registry_answers(addr: str, timeout: float = 3.0) -> bool:
+def registry_answers(addr: str, timeout: float = 3.0, cafile: str | None = None) -> bool:
+    return registry_problem(addr, timeout, cafile) is None
+
+
+def registry_problem(addr: str, timeout: float = 3.0, cafile: str | None = None) -> str | None:
+    """None if the registry at `addr` answers /v2/ (over TLS checked against `cafile`
+    when given), else why not."""
+    scheme, context = ("https", ssl.create_default_context(cafile=cafile)) if cafile \
+        else ("http", None)
     try:
-        with urllib.request.urlopen(f"http://{addr}/v2/", timeout=timeout) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
+        with urllib.request.urlopen(f"{scheme}://{addr}/v2/", timeout=timeout,
+                                    context=context) as resp:
+            return None if resp.status == 200 else f"HTTP {resp.status}"
+    except OSError as e:
+        return str(getattr(e, "reason", None) or e)
 
 
-def free_port() -> int:
+def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind((host, 0))
+        except OSError as e:
+            raise ServiceError(f"cannot listen on {host}: {e.strerror or e} (an IPv4 "
+                               "address of this machine?)") from None
         return int(s.getsockname()[1])
+
+
+def registry_tls_dir(path: Path) -> Path:
+    """The folder with ca.crt, registry.crt and registry.key: a home's tls/ or that folder."""
+    folder = path / "tls" if (path / "tls").is_dir() else path
+    for name in ("ca.crt", "registry.crt", "registry.key"):
+        if not (folder / name).is_file():
+            raise ServiceError(f"--registry-tls {path}: no {name} in {folder} (make them with "
+                               "outpost-node init --role outpost --registry-tls)")
+    return folder.resolve()
 
 
 # ---------------------------------------------------------------- processes
@@ -208,6 +238,8 @@ class Services:
         for name, key in EXPORTS.items():
             if key in state:
                 out[name] = state[key]["address"]
+        if state.get("registry", {}).get("tls"):
+            out["OUTPOST_REGISTRY_CA"] = str(Path(state["registry"]["tls"]) / "ca.crt")
         return out
 
     # ------------------------------------------------------------ docker
@@ -276,9 +308,13 @@ class Services:
 
     # ------------------------------------------------------------ registry
 
-    def ensure_registry(self, state: dict[str, Any]) -> None:
+    def ensure_registry(self, state: dict[str, Any], tls: Path | None = None,
+                        host: str = LOOPBACK) -> None:
+        """Our registry on `host`, over TLS with the files in `tls` if given."""
         old = state.get("registry")
-        if old and registry_answers(old["address"]) and \
+        wanted = str(tls) if tls else None
+        if old and old.get("tls") == wanted and old["address"].rpartition(":")[0] == host \
+                and registry_answers(old["address"], cafile=_ca(old)) and \
                 is_ours(old["pid"], "docker-registry", old["marker"]):
             return
         if not shutil.which("docker-registry"):
@@ -290,29 +326,47 @@ class Services:
         storage = self.dir / "registry"
         storage.mkdir(parents=True, exist_ok=True)
         log = self.dir / "registry.log"
+        entry: dict[str, Any] = {"owned": True, "marker": str(config), "tls": wanted}
         for _attempt in range(3):  # the free port may be taken before the registry binds it
-            address = f"127.0.0.1:{free_port()}"
-            write_atomic(config, REGISTRY_CONFIG.format(storage=storage, address=address))
+            address = f"{host}:{free_port(host)}"
+            write_atomic(config, registry_config(storage, address, tls))
             pid = spawn(["docker-registry", "serve", str(config)], log)
-            deadline = time.monotonic() + REGISTRY_TIMEOUT
-            while pid_alive(pid) and time.monotonic() < deadline:
-                if registry_answers(address, timeout=1):
-                    state["registry"] = {"address": address, "pid": pid, "owned": True,
-                                         "marker": str(config)}
-                    return
-                time.sleep(0.1)
+            entry.update(address=address, pid=pid)
+            if self._registry_up(entry):
+                state["registry"] = entry
+                return
             abandon(pid)
         raise ServiceError(f"docker-registry did not answer on {address}/v2/; "
                            f"tail of {log}:\n{log_tail(log)}")
 
+    @staticmethod
+    def _registry_up(entry: dict[str, Any]) -> bool:
+        """Wait for the registry just spawned to answer; a certificate that does not cover
+        its address fails at once, with what to do."""
+        deadline = time.monotonic() + REGISTRY_TIMEOUT
+        while pid_alive(entry["pid"]) and time.monotonic() < deadline:
+            problem = registry_problem(entry["address"], timeout=1, cafile=_ca(entry))
+            if problem is None:
+                return True
+            if "CERTIFICATE_VERIFY_FAILED" in problem:
+                abandon(entry["pid"])
+                host = entry["address"].rpartition(":")[0]
+                raise ServiceError(f"the registry certificate in {entry['tls']} is not "
+                                   f"good for {host} ({problem}): sign one that names it "
+                                   "(docs/registry-tls.md, \"Another name\")")
+            time.sleep(0.1)
+        return False
+
     # ------------------------------------------------------------ commands
 
-    def start(self, outpost_docker: bool) -> dict[str, Any]:
+    def start(self, outpost_docker: bool, registry_tls: Path | None = None,
+              registry_addr: str = LOOPBACK) -> dict[str, Any]:
         self.dir.mkdir(parents=True, exist_ok=True)
+        tls = registry_tls_dir(registry_tls) if registry_tls else None
         state = self.load()
         try:
             self.ensure_docker(state)
-            self.ensure_registry(state)
+            self.ensure_registry(state, tls, registry_addr)
             if outpost_docker:
                 self.ensure_outpost_docker(state)
             elif "outpost_docker" in state and not docker_answers(
@@ -347,13 +401,25 @@ class Services:
                 if key != "outpost_docker":
                     ok = False
                 continue
-            probe = registry_answers if key == "registry" else docker_answers
-            up = probe(entry["address"])
+            up = registry_answers(entry["address"], cafile=_ca(entry)) if key == "registry" \
+                else docker_answers(entry["address"])
             ok = ok and up
             who = f"started here, pid {entry['pid']}" if entry.get("owned") else "not ours"
             print(f"{name:15} {'running' if up else 'NOT ANSWERING':14}"
                   f"{entry['address']}  ({who})")
         return ok
+
+
+def _ca(entry: dict[str, Any]) -> str | None:
+    """The CA file a recorded registry's TLS is checked against; None: plain HTTP."""
+    return str(Path(entry["tls"]) / "ca.crt") if entry.get("tls") else None
+
+
+def registry_config(storage: Path, address: str, tls: Path | None) -> str:
+    text = REGISTRY_CONFIG.format(storage=storage, address=address)
+    if tls:
+        text += REGISTRY_TLS.format(cert=tls / "registry.crt", key=tls / "registry.key")
+    return text
 
 
 REGISTRY_CONFIG = """\
@@ -371,6 +437,11 @@ storage:
       enabled: false
 http:
   addr: {address}
+"""
+REGISTRY_TLS = """\
+  tls:
+    certificate: {cert}
+    key: {key}
 """
 
 
@@ -394,11 +465,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="start: also a second Docker daemon for the outpost side")
     parser.add_argument("--purge", action="store_true",
                         help="stop: also delete DIR (images, registry storage, logs)")
+    parser.add_argument("--registry-tls", type=Path, metavar="HOME_OR_TLS_DIR",
+                        help="start: serve the registry over TLS with the outpost's "
+                             "certificate (HOME/tls/registry.crt, from init --registry-tls)")
+    parser.add_argument("--registry-addr", metavar="IP",
+                        help="start, with --registry-tls: the address the registry listens "
+                             f"on (default {LOOPBACK})")
     args = parser.parse_args(argv)
+    if args.registry_addr and not args.registry_tls:
+        # Docker pulls plain HTTP from loopback only: anywhere else it needs TLS
+        parser.error("--registry-addr needs --registry-tls")
     services = Services(args.dir)
     try:
         if args.command == "start":
-            state = services.start(args.outpost_docker)
+            state = services.start(args.outpost_docker, args.registry_tls,
+                                   args.registry_addr or LOOPBACK)
             for name, value in services.exports(state).items():
                 print(f"{name}={value}")
         elif args.command == "stop":

@@ -44,6 +44,10 @@ class Outpost:
         for name, text in (files or {}).items():
             (self.work / "deploy" / name).write_text(text)
         (self.work / "deploy" / "stamp").write_text(str(time.time_ns()))
+        return self.push()
+
+    def push(self) -> str:
+        """Commit the work tree, push it to the mirror, and mark the release ready."""
         git("-C", str(self.work), "add", "-A")
         git("-C", str(self.work), "-c", "user.name=t", "-c", "user.email=t@t", "commit",
             "-qm", "release")

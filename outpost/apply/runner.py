@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..errors import ApplyFailed, ConfigError, GitError, ImagesMissing, LocalError
-from ..gateway.registry import Registry, image_ref_parts
+from ..gateway.registry import image_ref_parts, outpost_registry
 from ..home import Home, OutpostSettings
 from ..release import git
 from ..release.config import parse_release_config
@@ -49,6 +49,7 @@ from ..store.state import State
 from .command import CommandApplier
 from .containers import DockerApplier
 from .context import ApplyLog, Job, Paths, Stopping
+from .terraform import TerraformApplier
 
 LOCAL_RETRY = (30.0, 600.0)  # first and longest wait after a local fault
 RUN, DO_ROLLBACK, DO_COMMIT = "run", "rollback", "commit"
@@ -204,10 +205,8 @@ class Runner:
         """Each image by manifest digest, once the registry shows it is the release's."""
         if not release.images:
             return {}
-        if not self.settings.registry:
-            raise ConfigError("no outpost registry: set [outpost] registry in node.toml")
         pinned, missing = {}, []
-        with Registry(self.settings.registry) as registry:
+        with outpost_registry(self.settings, self.home.path) as registry:
             for facts in release.images:
                 repo, tag = image_ref_parts(facts.ref)
                 found = registry.get_manifest(repo, tag)
@@ -222,6 +221,8 @@ class Runner:
     def _applier(self, job: Job) -> Applier:
         if job.config.apply.applier == "docker":
             return DockerApplier(self.settings, site_id(self.home), self.home.name, self.stop)
+        if job.config.apply.applier == "terraform":
+            return TerraformApplier(self.settings, self.paths, self.stop)
         return CommandApplier(self.settings, self.paths, self.stop)
 
 

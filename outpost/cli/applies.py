@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..apply.context import Paths
+from ..apply.terraform import summary_text
 from ..node.context import Node
 from ..store.applies import APPLIED, FINAL, WAITING, ApplyStore
 from ..store.releases import ReleaseStore
@@ -104,18 +105,19 @@ def print_apply_status(info: dict[str, Any]) -> None:
             rows.append([peer, (a["running"] or "none")[:12], last.get("event", "-"),
                          (last.get("release") or "")[:12],
                          age(now - last["at"]) + " ago" if last else "-",
-                         _why(detail)])
+                         summary_text(detail.get("changes")) or "-", _why(detail)])
         click.echo("\napplies at the outposts:")
-        table(["OUTPOST", "RUNNING", "LAST REPORT", "RELEASE", "WHEN", "REASON"], rows)
+        table(["OUTPOST", "RUNNING", "LAST REPORT", "RELEASE", "WHEN", "CHANGES", "REASON"],
+              rows)
         return
     running = info.get("running")
     since = f" since {age(now - running['since'])} ago" if running else ""
     click.echo(f"\nrunning release: {running['commit'][:12] if running else 'none yet'}{since}")
-    table(["APPLY", "RELEASE", "STATE", "TRIGGER", "STARTED", "TOOK", "REASON"],
+    table(["APPLY", "RELEASE", "STATE", "TRIGGER", "STARTED", "TOOK", "CHANGES", "REASON"],
           [[a["id"], a["commit"][:12], a["state"], a["trigger"],
             age(now - a["started"]) + " ago",
             f"{a['durations']['total']:.1f}s" if "total" in a["durations"] else "-",
-            _why(a)] for a in info["applies"][:10]])
+            summary_text(a.get("changes")) or "-", _why(a)] for a in info["applies"][:10]])
     waiting = info.get("waiting")
     if waiting:
         click.echo(f"apply #{waiting['apply']} waits for {', '.join(waiting['images'])} "

@@ -54,12 +54,22 @@ for _command in [*release_commands, *apply_commands]:
               help="Earth: seed the config repo from this folder (default: the example).")
 @click.option("--registry", metavar="HOST:PORT", help="Outpost: the registry to import into.")
 @DOCKER
+@click.option("--registry-tls", is_flag=True,
+              help="Outpost: make a CA and a certificate for the registry in HOME/tls/ and "
+                   "speak HTTPS to it (docs/registry-tls.md).")
+@click.option("--tls-name", "tls_names", multiple=True, metavar="NAME",
+              help="A host name or IP the registry certificate also covers, besides "
+                   "localhost, 127.0.0.1 and the --registry host (repeatable).")
 def init(role: str, home: Path, name: str | None, settings: tuple[str, ...],
-         template: Path | None, registry: str | None, docker: str | None) -> None:
+         template: Path | None, registry: str | None, docker: str | None,
+         registry_tls: bool, tls_names: tuple[str, ...]) -> None:
     """Create a node home: keys, folders, state (and Earth's config repo)."""
     h = init_home(home, role, name, _pairs(settings), template=template, registry=registry,
-                  docker=docker)
+                  docker=docker, registry_tls=registry_tls, tls_names=tls_names)
     click.echo(f"{h.role} node {h.name!r} at {h.path}; public key {h.pub_file}")
+    if registry_tls:
+        click.echo(f"registry CA {h.path / 'tls' / 'ca.crt'}: install it where Docker and "
+                   "Terraform look (docs/registry-tls.md)")
 
 
 def _pairs(items: tuple[str, ...]) -> dict[str, str]:

@@ -26,10 +26,12 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import Message
+from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
-from ..errors import RegistryError
+from ..errors import ConfigError, RegistryError
+from ..home import OutpostSettings
 from ..release.manifest import DIGEST, NAME, TAG, split_ref
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -457,6 +459,35 @@ class Registry:
         detail = f": {text}" if text else ""
         return RegistryError(f"registry at {self.url} refused {what}: HTTP {resp.status}"
                              f"{detail}", status=resp.status, codes=codes)
+
+
+def outpost_registry(settings: OutpostSettings, home: Path, *,
+                     timeout: float = 60) -> Registry:
+    """The client of the outpost's own registry (`[outpost] registry`): HTTPS checked against
+    `registry_ca` (a path relative to `home`, or absolute) when that is set, else plain HTTP
+    as on loopback (docs/registry-tls.md). The one place that rule lives."""
+    if not settings.registry:
+        raise ConfigError("no outpost registry: set [outpost] registry in node.toml or pass "
+                          "--registry HOST:PORT")
+    ca = registry_ca_file(settings, home)
+    if ca is None:
+        return Registry(settings.registry, timeout=timeout)
+    if settings.registry.startswith("http://"):
+        raise ConfigError(f"[outpost] registry {settings.registry!r} says http:// but "
+                          "registry_ca asks for TLS: drop one of them")
+    return Registry(settings.registry, timeout=timeout, scheme="https", cafile=str(ca))
+
+
+def registry_ca_file(settings: OutpostSettings, home: Path) -> Path | None:
+    """The CA file the outpost registry's certificate is checked against (also what a
+    command such as terraform needs as SSL_CERT_FILE), or None for plain HTTP."""
+    if settings.registry_ca is None:
+        return None
+    ca = home / settings.registry_ca
+    if not ca.is_file():
+        raise ConfigError(f"[outpost] registry_ca: no CA file at {ca} (outpost-node init "
+                          "--registry-tls writes tls/ca.crt)")
+    return ca
 
 
 class Upload:

@@ -80,8 +80,10 @@ class PartSplitter:
     link) by letting the bundle's own sha256 check finish.
     """
 
-    def __init__(self, parts: list[Part], open_part: Callable[[str], Sink]) -> None:
+    def __init__(self, parts: list[Part], open_part: Callable[[str], Sink], *,
+                 what: str = "image", mismatch: str = "layer-digest") -> None:
         self.parts, self.open_part = parts, open_part
+        self.what, self.mismatch = what, mismatch
         self.index, self.left = -1, 0
         self.sha = hashlib.sha256()
         self.out: Sink | None = None
@@ -113,8 +115,8 @@ class PartSplitter:
         view = memoryview(data)
         while view:
             if self.out is None:
-                raise MalformedBundle("image payload is longer than its parts",
-                                      reason="bad-image")
+                raise MalformedBundle(f"{self.what} payload is longer than its parts",
+                                      reason=f"bad-{self.what}")
             take = bytes(view[: self.left])
             self.out.write(take)
             self.sha.update(take)
@@ -125,8 +127,9 @@ class PartSplitter:
 
     def finish(self) -> None:
         if self.out is not None:
-            raise MalformedBundle("image payload ends inside a part", reason="bad-image")
+            raise MalformedBundle(f"{self.what} payload ends inside a part",
+                                  reason=f"bad-{self.what}")
         if self.bad:
-            raise RefusedContent(f"{len(self.bad)} part(s) of the image do not match their "
-                                 f"digest: {', '.join(d[:19] for d in self.bad)}",
-                                 reason="layer-digest")
+            raise RefusedContent(f"{len(self.bad)} part(s) of the {self.what} do not match "
+                                 f"their digest: {', '.join(d[:19] for d in self.bad)}",
+                                 reason=self.mismatch)

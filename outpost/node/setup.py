@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..codec import Limits, open_verified, public_key
 from ..errors import BundleError, ConfigError
 from ..fsutil import atomic_write_bytes, open_regular
+from ..gateway import tls
 from ..home import (
     ROLES,
     Home,
@@ -32,11 +34,14 @@ from .sender import custody_message
 
 def init_home(path: Path, role: str, name: str | None = None,
               delivery: dict[str, str] | None = None, *, template: Path | None = None,
-              registry: str | None = None, docker: str | None = None) -> Home:
+              registry: str | None = None, docker: str | None = None,
+              registry_tls: bool = False, tls_names: Sequence[str] = ()) -> Home:
     """Create a home (idempotent: an existing one is loaded and checked, never overwritten).
 
     An Earth home gets its config repo, seeded from `template` (default: the project's
-    example); an outpost home records its registry and Docker daemon if given. Everything
+    example); an outpost home records its registry and Docker daemon if given, and with
+    `registry_tls` gets a CA of its own and a certificate for its registry (HOME/tls/, for
+    `tls_names` besides loopback and the registry's host; docs/registry-tls.md). Everything
     is checked before anything is written, node.toml (what makes a folder a home) is
     written last, and a failure removes what this call made: `init` either completes or
     leaves nothing behind.
@@ -47,12 +52,17 @@ def init_home(path: Path, role: str, name: str | None = None,
         if home.role != role:
             raise ConfigError(f"{path} is already {role_phrase(home.role)} home, not "
                               f"{role_phrase(role)} one")
+        if registry_tls and home.outpost.registry_ca is None:
+            raise ConfigError(f"{path} is already a home: --registry-tls only applies when "
+                              "one is created (docs/registry-tls.md)")
         return home
     tables = _checked_tables(role, name, delivery, registry, docker)
+    tls_files = _checked_tls(path, role, name or role, registry, registry_tls, tls_names,
+                             tables)
     sources = template_sources(template) if role == "earth" else []
     before = set(os.listdir(path)) if path.is_dir() else None
     try:
-        _create(path, name or role, role, tables, sources)
+        _create(path, name or role, role, tables, sources, tls_files)
     except BaseException:
         _remove_new(path, before)
         raise
@@ -77,8 +87,25 @@ def _checked_tables(role: str, name: str | None, delivery: dict[str, str] | None
     return tables
 
 
+def _checked_tls(path: Path, role: str, name: str, registry: str | None, wanted: bool,
+                 names: Sequence[str], tables: dict[str, dict[str, str]]) -> dict[str, bytes]:
+    """The registry's TLS files to write (none unless `wanted`), made up front so init still
+    writes nothing when a name is wrong; records registry_ca in `tables`."""
+    if not wanted:
+        if names:
+            raise ConfigError("--tls-name needs --registry-tls")
+        return {}
+    if role != "outpost":
+        raise ConfigError("--registry-tls is for an outpost home: the registry it secures "
+                          "is the outpost's")
+    tls.refuse_existing(path / tls.TLS_DIR)
+    files = tls.create_registry_tls(name, tls.registry_tls_names(registry, names))
+    tables["outpost"]["registry_ca"] = f"{tls.TLS_DIR}/{tls.CA_CERT}"
+    return files
+
+
 def _create(path: Path, name: str, role: str, tables: dict[str, dict[str, str]],
-            sources: list[tuple[Path, str]]) -> None:
+            sources: list[tuple[Path, str]], tls_files: Mapping[str, bytes]) -> None:
     for sub in ("inbox", "outbox", "quarantine", "received", "spool", "keys"):
         (path / sub).mkdir(parents=True, exist_ok=True)
     os.chmod(path / "keys", 0o700)
@@ -87,6 +114,8 @@ def _create(path: Path, name: str, role: str, tables: dict[str, dict[str, str]],
     atomic_write_bytes(path / "keys" / "node.pub", format_pubkey(name, public_key(seed)).encode())
     if role == "earth":
         git.seed_config_repo(path / "config", sources)
+    if tls_files:
+        tls.write_registry_tls(path / tls.TLS_DIR, tls_files)
     State(path / "state.db").close()
     write_node_toml(path, name, role, tables)
 

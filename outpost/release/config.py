@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..units import parse_duration
 from .manifest import IMAGE_REF as _REF
 
-APPLIERS = ("docker", "command")
+APPLIERS = ("docker", "command", "terraform")
 NETWORKS = ("host", "none")
 _SERVICE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
 _URL = re.compile(r"^https?://[^\s/]+(/\S*)?\Z")
@@ -61,6 +61,15 @@ class ReleaseConfig:
     apply: Apply
     services: list[Service]
 
+    @property
+    def lock_file(self) -> str | None:
+        """Where the terraform applier's `.terraform.lock.hcl` is in the commit."""
+        if self.apply.applier != "terraform":
+            return None
+        workdir = self.apply.workdir.strip("/")
+        return ".terraform.lock.hcl" if workdir in ("", ".") else \
+            f"{workdir}/.terraform.lock.hcl"
+
 
 def parse_release_config(text: str, source: str = "outpost.toml") -> ReleaseConfig:
     try:
@@ -97,6 +106,9 @@ def _check_services(source: str, images: list[str], apply: Apply,
         raise ConfigError(f"{source}: the docker applier needs at least one [[services]]")
     if apply.applier == "command" and not apply.command:
         raise ConfigError(f"{source}: [apply] applier = \"command\" needs command = [...]")
+    if apply.applier != "command" and apply.command:
+        raise ConfigError(f"{source}: [apply] command is for applier = \"command\" (the "
+                          f"{apply.applier} applier runs what it needs itself)")
 
 
 class _Ctx:

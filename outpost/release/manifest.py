@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MalformedBundle
+from ..providers.package import Provider
 
 # The one place for these rules: the reference grammar of the distribution registry
 # (reference/regexp.go), lowercase names only. Use them with .match (they end in \Z).
@@ -63,22 +64,32 @@ class ImageFacts:
 
 @dataclass(frozen=True)
 class Release:
+    """A config commit, the images it runs and the Terraform providers its lock file pins
+    (for the outpost's platform; none unless it applies with Terraform)."""
+
     commit: str
     images: list[ImageFacts]
+    providers: list[Provider] = field(default_factory=list)
 
     @property
     def id(self) -> str:
         return self.commit[:12]
 
     def to_meta(self) -> dict[str, Any]:
-        return {"commit": self.commit, "images": [i.to_meta() for i in self.images]}
+        meta: dict[str, Any] = {"commit": self.commit,
+                                "images": [i.to_meta() for i in self.images]}
+        if self.providers:
+            meta["providers"] = [p.to_meta() for p in self.providers]
+        return meta
 
     @classmethod
     def from_meta(cls, d: Any) -> Release:
         if not isinstance(d, dict) or not isinstance(d.get("commit"), str) or not COMMIT.match(
                 d["commit"]):
             raise MalformedBundle("release needs a 40-hex commit", reason="bad-release")
-        images = d.get("images")
-        if not isinstance(images, list):
-            raise MalformedBundle("release images must be a list", reason="bad-release")
-        return cls(commit=d["commit"], images=[ImageFacts.from_meta(i) for i in images])
+        images, providers = d.get("images"), d.get("providers", [])
+        if not isinstance(images, list) or not isinstance(providers, list):
+            raise MalformedBundle("release images and providers must be lists",
+                                  reason="bad-release")
+        return cls(commit=d["commit"], images=[ImageFacts.from_meta(i) for i in images],
+                   providers=[Provider.from_meta(p) for p in providers])

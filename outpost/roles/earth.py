@@ -9,22 +9,26 @@ from pathlib import Path
 from typing import Any
 
 from ..codec import BULK, EXPEDITED, Header, PartWriter
-from ..errors import ConfigError, MalformedBundle
+from ..errors import ConfigError, GitError, MalformedBundle
+from ..fsutil import waiting_lock
 from ..images.docker_source import docker_engine, image_facts, write_image
 from ..images.engine import Engine
 from ..node.context import Node, log
 from ..node.handlers import Handler
 from ..node.sender import Sender
+from ..providers.lockfile import parse_lock
+from ..providers.mirror import find_package, standard_mirrors, write_package
+from ..providers.package import Provider, safe_file_name
 from ..release import git
 from ..release.config import ReleaseConfig, parse_release_config
 from ..release.manifest import COMMIT as COMMIT_RE
 from ..release.manifest import DIGEST, IMAGE_REF, ImageFacts, Release
-from ..store.releases import COMMIT, IMAGE, LAYER, ReleaseStore
+from ..store.releases import COMMIT, IMAGE, LAYER, PROVIDER, ReleaseStore
 from ..store.state import SENDING, Message
 from . import Call, Role, read_control
 
-WARNING_EVENTS = ("release-refused", "image-refused", "image-incomplete", "rolled-back",
-                  "failed")
+WARNING_EVENTS = ("release-refused", "image-refused", "provider-refused", "image-incomplete",
+                  "rolled-back", "failed")
 
 
 @dataclass
@@ -45,6 +49,10 @@ class Earth(Role):
         self.store = ReleaseStore(node.state)
         self.repo = node.home.config_repo
         self.docker_host = node.home.earth.docker
+        self.platform = node.home.earth.terraform_platform
+        mirrors = node.home.earth.terraform_mirror
+        self.mirrors = standard_mirrors() if mirrors is None else [
+            node.home.path / m for m in mirrors.split(":") if m]
 
     def handlers(self) -> dict[str, Handler]:
         return {**super().handlers(), "sync": Call(self.on_sync),
@@ -56,8 +64,23 @@ class Earth(Role):
         commit = git.head(self.repo)
         cfg = parse_release_config(git.show(self.repo, commit, "outpost.toml"),
                                    f"outpost.toml at {commit[:12]}")
+        providers = self._providers(commit, cfg)
         client = docker_engine(self.docker_host)
-        return Release(commit, [image_facts(client, ref) for ref in cfg.images]), cfg, client
+        images = [image_facts(client, ref) for ref in cfg.images]
+        return Release(commit, images, providers), cfg, client
+
+    def _providers(self, commit: str, cfg: ReleaseConfig) -> list[Provider]:
+        """The providers the release's lock file pins, for the outposts' platform."""
+        if cfg.lock_file is None:
+            return []
+        try:
+            text = git.show(self.repo, commit, cfg.lock_file)
+        except GitError:
+            raise ConfigError(f"the terraform applier needs {cfg.lock_file} in the config repo "
+                              f"(commit {commit[:12]} has none): run `terraform providers "
+                              f"lock -platform={self.platform}` and commit it") from None
+        locked = parse_lock(text, f"{cfg.lock_file} at {commit[:12]}")
+        return [Provider(p.source, p.version, self.platform, p.hashes) for p in locked]
 
     def publish(self, peers: list[str] | None = None, *, via_link: bool = True) -> list[Sent]:
         release, _cfg, client = self.current()
@@ -68,6 +91,14 @@ class Earth(Role):
         return [self._publish_to(peer, release, client, via_link) for peer in targets]
 
     def _publish_to(self, peer: str, release: Release, client: Engine, via_link: bool) -> Sent:
+        """One publisher at a time per home (the node answering a sync, `outpost-node
+        publish`): what one is still packing is in custody, hence pending, for the next."""
+        with waiting_lock(self.node.home.path / "publish.lock",
+                          lambda: log.info("another publish is at work; waiting for it")):
+            return self._publish_locked(peer, release, client, via_link)
+
+    def _publish_locked(self, peer: str, release: Release, client: Engine,
+                        via_link: bool) -> Sent:
         sent = Sent(peer)
         pending = self.pending(peer)
         base = self.store.commit_of(peer)
@@ -80,8 +111,29 @@ class Earth(Role):
                 sent.messages.append(self._send_image(peer, facts, client, layers,
                                                       release.commit, via_link))
                 images.add(facts.image_id)
+        providers = self.store.holding(peer, PROVIDER) | pending[PROVIDER]
+        for provider in release.providers:
+            if provider.key not in providers:
+                sent.messages.append(self._send_provider(peer, provider, release.commit,
+                                                         via_link))
         log.info("published %s to %s: %d message(s)", release.id, peer, len(sent.messages))
         return sent
+
+    def _send_provider(self, peer: str, provider: Provider, release: str,
+                       via_link: bool) -> dict[str, Any]:
+        package = find_package(self.mirrors, provider)
+        if package is None:
+            where = ", ".join(map(str, self.mirrors)) or "none found"
+            raise ConfigError(f"{provider} is not in Earth's provider mirror ({where}): fetch "
+                              f"it with `terraform providers mirror -platform={self.platform} "
+                              "DIR` where there is internet, and set [earth] terraform_mirror")
+
+        def fill(w: PartWriter) -> dict[str, Any]:
+            return write_package(package, provider, w).to_meta()
+        msg = self.sender.submit(peer, "provider", fill=fill, meta={"release": release},
+                                 priority=BULK, via_link=via_link,
+                                 custody={"holds": {PROVIDER: [provider.key]}})
+        return _describe(msg, f"provider {provider}")
 
     def _send_image(self, peer: str, facts: ImageFacts, client: Engine, layers: set[str],
                     release: str | None, via_link: bool = True) -> dict[str, Any]:
@@ -116,7 +168,7 @@ class Earth(Role):
 
     def pending(self, peer: str) -> dict[str, set[str]]:
         """What messages still in custody will give the peer once they arrive."""
-        out: dict[str, set[str]] = {COMMIT: set(), LAYER: set(), IMAGE: set()}
+        out: dict[str, set[str]] = {COMMIT: set(), LAYER: set(), IMAGE: set(), PROVIDER: set()}
         for msg in self.node.state.messages(SENDING):
             if msg.peer == peer:
                 for kind, values in msg.meta.get("holds", {}).items():
@@ -134,8 +186,9 @@ class Earth(Role):
 
     def on_sync(self, header: Header, path: Path) -> None:
         doc = read_control(self.node, header, path)
-        commit, layers, images = _holdings(doc)
-        self.store.replace_holdings(header.src, commit, layers, images, self.node.clock())
+        commit, layers, images, providers = _holdings(doc)
+        self.store.replace_holdings(header.src, commit, layers, images, self.node.clock(),
+                                    providers)
         log.info("%s reports config %s, %d layers, %d images; answering its sync",
                  header.src, (commit or "none")[:12], len(layers), len(images))
         release, _cfg, client = self.current()
@@ -185,17 +238,21 @@ class Earth(Role):
                             self.node.clock())
 
 
-def _holdings(doc: Any) -> tuple[str | None, list[str], list[str]]:
+def _holdings(doc: Any) -> tuple[str | None, list[str], list[str], list[str]]:
     if not isinstance(doc, dict):
         raise MalformedBundle("sync payload must be a map", reason="bad-sync")
     commit, layers, images = doc.get("commit"), doc.get("layers", []), doc.get("images", [])
+    providers = doc.get("providers", [])
+    if not isinstance(providers, list) or not all(
+            isinstance(p, str) and safe_file_name(p) for p in providers):
+        raise MalformedBundle("sync providers must be package paths", reason="bad-sync")
     if commit is not None and not (isinstance(commit, str) and COMMIT_RE.match(commit)):
         raise MalformedBundle("sync commit must be 40 hex", reason="bad-sync")
     for name, values in (("layers", layers), ("images", images)):
         if not isinstance(values, list) or not all(
                 isinstance(v, str) and DIGEST.match(v) for v in values):
             raise MalformedBundle(f"sync {name} must be sha256 digests", reason="bad-sync")
-    return commit, layers, images
+    return commit, layers, images, providers
 
 
 def _image_request(doc: Any) -> tuple[list[str], list[str], str | None]:

@@ -17,11 +17,14 @@ from ..apply.loop import ApplyLoop
 from ..codec import EXPEDITED, Header, read_payload
 from ..errors import BundleError, ConfigError, MalformedBundle, RegistryError
 from ..gateway.importer import Gateway
-from ..gateway.registry import Registry
+from ..gateway.providers import install_provider
+from ..gateway.registry import outpost_registry
 from ..images.parts import ImagePayload
 from ..node.context import Node, log
 from ..node.handlers import Handler, stream_to_part
 from ..node.sender import Sender
+from ..providers.mirror import OutpostMirror
+from ..providers.package import ProviderPayload
 from ..release import git
 from ..release.manifest import IMAGE_REF, Release
 from ..store.applies import WAITING as WAITING_IMAGES
@@ -39,17 +42,19 @@ class Outpost(Role):
         git.init_mirror(self.mirror)
         settings = replace(node.home.outpost, registry=registry or node.home.outpost.registry,
                            docker=docker or node.home.outpost.docker)
-        address = settings.registry
-        self.gateway = Gateway(Registry(address), self.store) if address else None
+        self.gateway = (Gateway(outpost_registry(settings, node.home.path), self.store)
+                        if settings.registry else None)
         self.sync_interval = settings.sync_interval
         self.sync_on_start = settings.sync_on_start
         self._next_sync = 0.0
         self.applies = ApplyLoop(node, settings, self.report_apply, self.request_images)
         self.wait_for_layers = settings.answer_wait(node.home.settings.rtt)
+        self.providers = OutpostMirror(node.home.provider_mirror)
 
     def handlers(self) -> dict[str, Handler]:
         return {**super().handlers(), "release": Call(self.on_release),
-                "image": Call(self.on_image), "image-unavailable": Call(self.on_unavailable)}
+                "image": Call(self.on_image), "provider": Call(self.on_provider),
+                "image-unavailable": Call(self.on_unavailable)}
 
     # timers
     def bind(self, wake: Callable[[], None]) -> None:
@@ -88,7 +93,8 @@ class Outpost(Role):
         """Tell `peer` what we hold; it answers with whatever we lack."""
         layers = self.gateway.present_layers() if self.gateway else self.store.layers()
         doc = {"commit": git.mirror_head(self.mirror), "layers": layers,
-               "images": sorted({i["image_id"] for i in self.store.images()})}
+               "images": sorted({i["image_id"] for i in self.store.images()}),
+               "providers": self.providers.keys()}
         data: bytes = msgpack.packb(doc)
         msg = self.sender.submit(peer, "sync", io.BytesIO(data), priority=EXPEDITED,
                                  lifetime=max(self.sync_interval, 3600.0))
@@ -121,12 +127,14 @@ class Outpost(Role):
             if rel["state"] != WAITING:
                 continue
             release = Release.from_meta(rel["meta"])
-            lacking = [i.ref for i in release.images if i.image_id not in held]
+            lacking = [i.ref for i in release.images if i.image_id not in held] + [
+                f"provider {p}" for p in release.providers if not self.providers.has(p)]
             if not lacking and head == release.commit:
                 self.store.set_release(release.commit, rel["meta"], READY, "",
                                        self.node.clock())
-                log.info("release %s is ready: config %s and %d image(s) present", release.id,
-                         release.commit[:12], len(release.images))
+                log.info("release %s is ready: config %s, %d image(s) and %d provider(s) "
+                         "present", release.id, release.commit[:12], len(release.images),
+                         len(release.providers))
             elif lacking:
                 self.store.set_release(release.commit, rel["meta"], WAITING,
                                        "lacks " + ", ".join(lacking), self.node.clock())
@@ -156,6 +164,17 @@ class Outpost(Role):
         self.check_ready()
         self.applies.images_arrived(refs)
 
+    # Terraform providers
+    def on_provider(self, header: Header, path: Path) -> None:
+        payload = ProviderPayload.from_meta(header.meta, header.payload.raw_length)
+        installed = install_provider(
+            self.providers, payload,
+            lambda sink: read_payload(path, self.node.state.keyring(), self.node.limits, sink),
+            self.node.home.staging / header.id)
+        if installed:
+            log.info("provider %s installed (%s)", payload.provider, payload.h1)
+        self.check_ready()
+
     def ask_for_incomplete(self, now: float) -> None:
         """An image still waiting for layers long after it came: ask Earth for it (the
         bundle meant to bring them was lost, expired or never sent)."""
@@ -172,7 +191,8 @@ class Outpost(Role):
 
     # telling Earth
     def on_refused(self, header: Header, error: BundleError) -> None:
-        event = {"release": "release-refused", "image": "image-refused"}.get(header.kind)
+        event = {"release": "release-refused", "image": "image-refused",
+                 "provider": "provider-refused"}.get(header.kind)
         if event is None:
             return
         release = header.meta.get("release")
@@ -197,7 +217,8 @@ class Outpost(Role):
         current = ApplyStore(self.node.state).current()
         detail = {"apply": row.id, "trigger": row.trigger, "applier": row.applier,
                   "running": current.commit if current else None,
-                  "durations": row.durations, "service": row.service, "reason": row.reason}
+                  "durations": row.durations, "service": row.service, "reason": row.reason,
+                  "changes": row.plan.get("terraform")}
         if row.state == WAITING_IMAGES:
             detail["wanted"] = row.wanted
         for peer in self._earth_of(row.commit_id):

@@ -76,6 +76,7 @@ class ApplyRow:
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "plan"}
         out["commit"] = out.pop("commit_id")
+        out["changes"] = self.plan.get("terraform")  # the terraform applier's plan summary
         return out
 
 

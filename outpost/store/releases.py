@@ -1,7 +1,8 @@
 """Release bookkeeping in the node's SQLite state.
 
-Earth: `holdings` (what each outpost holds or will hold: its config commit, layers and
-images, from acks of our bundles and from its own sync reports) and `reports`.
+Earth: `holdings` (what each outpost holds or will hold: its config commit, layers,
+images and Terraform providers, from acks of our bundles and from its own sync reports)
+and `reports`.
 Outpost: `held_layers` / `held_images` (what the gateway put in the registry),
 `pending_images` (images that came before some of their layers did) and `releases` (each
 release received and how far it got).
@@ -10,6 +11,7 @@ release received and how far it got).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from .state import State
@@ -33,7 +35,7 @@ CREATE TABLE IF NOT EXISTS releases (
     state TEXT NOT NULL, note TEXT NOT NULL DEFAULT '');
 """
 
-COMMIT, LAYER, IMAGE = "commit", "layer", "image"
+COMMIT, LAYER, IMAGE, PROVIDER = "commit", "layer", "image", "provider"
 # a release at the outpost: waiting for images, ready (config and images all present), refused
 WAITING, READY, REFUSED = "waiting-for-images", "ready", "refused"
 
@@ -60,12 +62,13 @@ class ReleaseStore:
                            [(peer, kind, v, now) for v in values])
 
     def replace_holdings(self, peer: str, commit: str | None, layers: list[str],
-                         images: list[str], now: float) -> None:
+                         images: list[str], now: float, providers: Sequence[str] = ()) -> None:
         """The outpost's own report is the truth: forget what we assumed."""
         with self.state.tx() as db:
             db.execute("DELETE FROM holdings WHERE peer = ?", (peer,))
             rows = [(peer, LAYER, d, now) for d in layers] + [
-                (peer, IMAGE, i, now) for i in images]
+                (peer, IMAGE, i, now) for i in images] + [
+                (peer, PROVIDER, p, now) for p in providers]
             if commit:
                 rows.append((peer, COMMIT, commit, now))
             db.executemany("INSERT OR REPLACE INTO holdings VALUES (?,?,?,?)", rows)
