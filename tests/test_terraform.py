@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,13 @@ from outpost.gateway.providers import install_provider
 from outpost.home import load_home
 from outpost.node.context import open_node
 from outpost.node.sender import Sender
+from outpost.node.setup import init_home, trust_peer
 from outpost.providers.lockfile import parse_lock
 from outpost.providers.mirror import OutpostMirror, Unpacked, find_package, write_package
 from outpost.providers.package import Provider, ProviderPayload, h1
 
 from .helpers import make_pair
-from .procs import running, start_node, wait_for
+from .procs import running, start_node, tool, wait_for
 from .test_apply_command import Outpost
 
 TERRAFORM = shutil.which("terraform")
@@ -310,3 +312,28 @@ def _payload(files: dict[str, bytes], provider: Provider) -> tuple[ProviderPaylo
     digest = h1([(e.name, e.digest) for e in entries])
     return (ProviderPayload(Provider(provider.source, provider.version, provider.platform,
                                      (digest,)), entries), b"".join(files.values()))
+
+
+def test_publish_refuses_a_mirror_copy_the_lock_file_does_not_list(tmp_path: Path) -> None:
+    """Earth: a stale mirror is found while the package streams; nothing is queued."""
+    template = tmp_path / "template"
+    (template / "tf").mkdir(parents=True)
+    (template / "outpost.toml").write_text('[apply]\napplier = "terraform"\nworkdir = "tf"\n')
+    (template / "tf" / "main.tf").write_text(data_tf("1"))
+    (template / "tf" / ".terraform.lock.hcl").write_text(LOCK)
+    _fake_package(tmp_path / "mirror", AWS)
+    earth, _mars = make_pair(tmp_path / "pair")
+    shutil.rmtree(earth.path)
+    earth = init_home(earth.path, "earth", "earth", {"rtt": "1s"}, template=template)
+    text = (earth.path / "node.toml").read_text()
+    (earth.path / "node.toml").write_text(text.replace(
+        "[earth]\n", f'[earth]\nterraform_mirror = "{tmp_path / "mirror"}"\n'))
+    trust_peer(earth, _mars.path)
+    out = subprocess.run([tool("outpost-node"), "publish", "--home", str(earth.path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2  # a setting to fix at Earth (docs/cli.md)
+    assert "does not list" in out.stderr and "terraform providers mirror" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    custody = earth.path / "spool" / "custody"
+    left = [p.name for p in custody.iterdir()] if custody.exists() else []
+    assert len(left) <= 1, f"only the release itself may be in custody: {left}"

@@ -59,14 +59,15 @@ class Earth(Role):
                 "report": Call(self.on_report), "image-request": Call(self.on_image_request)}
 
     # publishing
-    def current(self) -> tuple[Release, ReleaseConfig, Any]:
+    def current(self) -> tuple[Release, ReleaseConfig, Engine | None]:
         """The release at the head of the config repo, its images resolved in Docker."""
         commit = git.head(self.repo)
         cfg = parse_release_config(git.show(self.repo, commit, "outpost.toml"),
                                    f"outpost.toml at {commit[:12]}")
         providers = self._providers(commit, cfg)
-        client = docker_engine(self.docker_host)
-        images = [image_facts(client, ref) for ref in cfg.images]
+        # A release of Terraform and config alone needs no Docker daemon at Earth.
+        client = docker_engine(self.docker_host) if cfg.images else None
+        images = [image_facts(client, ref) for ref in cfg.images] if client else []
         return Release(commit, images, providers), cfg, client
 
     def _providers(self, commit: str, cfg: ReleaseConfig) -> list[Provider]:
@@ -90,14 +91,15 @@ class Earth(Role):
                 raise ConfigError(f"{peer!r} is not a trusted peer")
         return [self._publish_to(peer, release, client, via_link) for peer in targets]
 
-    def _publish_to(self, peer: str, release: Release, client: Engine, via_link: bool) -> Sent:
+    def _publish_to(self, peer: str, release: Release, client: Engine | None,
+                    via_link: bool) -> Sent:
         """One publisher at a time per home (the node answering a sync, `outpost-node
         publish`): what one is still packing is in custody, hence pending, for the next."""
         with waiting_lock(self.node.home.path / "publish.lock",
                           lambda: log.info("another publish is at work; waiting for it")):
             return self._publish_locked(peer, release, client, via_link)
 
-    def _publish_locked(self, peer: str, release: Release, client: Engine,
+    def _publish_locked(self, peer: str, release: Release, client: Engine | None,
                         via_link: bool) -> Sent:
         sent = Sent(peer)
         pending = self.pending(peer)
@@ -108,6 +110,7 @@ class Earth(Role):
         images = self.store.holding(peer, IMAGE) | pending[IMAGE]
         for facts in release.images:
             if facts.image_id not in images:
+                assert client is not None  # current() gives one whenever there are images
                 sent.messages.append(self._send_image(peer, facts, client, layers,
                                                       release.commit, via_link))
                 images.add(facts.image_id)
