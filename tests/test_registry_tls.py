@@ -23,8 +23,8 @@ import docker.errors
 import pytest
 from cryptography import x509
 
+from outpost import tls
 from outpost.errors import ConfigError, RegistryError
-from outpost.gateway import tls
 from outpost.gateway.registry import Registry, outpost_registry
 from outpost.home import Home, load_home
 from outpost.node.setup import init_home

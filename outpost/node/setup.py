@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import tls
 from ..codec import Limits, open_verified, public_key
 from ..errors import BundleError, ConfigError
 from ..fsutil import atomic_write_bytes, open_regular
-from ..gateway import tls
 from ..home import (
     ROLES,
     Home,

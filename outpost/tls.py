@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..errors import ConfigError
-from ..fsutil import atomic_write_bytes
-from ..units import parse_address
+from .errors import ConfigError
+from .fsutil import atomic_write_bytes
+from .units import parse_address
 
 TLS_DIR = "tls"
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
