@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import tls
 from ..codec import Limits, open_verified, public_key
 from ..errors import BundleError, ConfigError
 from ..fsutil import atomic_write_bytes, open_regular
@@ -98,6 +97,8 @@ def _checked_tls(path: Path, role: str, name: str, registry: str | None, wanted:
     if role != "outpost":
         raise ConfigError("--registry-tls is for an outpost home: the registry it secures "
                           "is the outpost's")
+    from .. import tls  # cryptography costs every command 60 ms: only when asked for
+
     tls.refuse_existing(path / tls.TLS_DIR)
     files = tls.create_registry_tls(name, tls.registry_tls_names(registry, names))
     tables["outpost"]["registry_ca"] = f"{tls.TLS_DIR}/{tls.CA_CERT}"
@@ -115,6 +116,8 @@ def _create(path: Path, name: str, role: str, tables: dict[str, dict[str, str]],
     if role == "earth":
         git.seed_config_repo(path / "config", sources)
     if tls_files:
+        from .. import tls
+
         tls.write_registry_tls(path / tls.TLS_DIR, tls_files)
     State(path / "state.db").close()
     write_node_toml(path, name, role, tables)
