@@ -29,8 +29,8 @@ from outpost.images.parts import ImagePayload, Part
 from outpost.node.setup import init_home, trust_peer
 from outpost.release.manifest import ImageFacts
 
-from .conftest import Services
-from .images import app_image, busybox_base, image_facts
+from .conftest import SERVICES_DIR, Services
+from .images import app_image, build_image, busybox_base, image_facts, pseudo_random
 from .procs import assert_clean_log, cli, files_in, running, start_link, start_node, wait_for
 
 pytestmark = pytest.mark.slow
@@ -177,6 +177,95 @@ def test_v1_then_v2_crosses_only_the_new_app_layer(site: Site, docker_client: do
         assert crossed <= budget, f"v2 sent {crossed} bytes, budget {budget:.0f}"
         assert registry_image_id(services.registry, f"{app}:v2") == v2_id
         assert site.status(site.mars)["mirror_head"] == v2
+    site.check_logs()
+
+
+def family_files(seed: str, version: int, changed: range) -> dict[str, bytes]:
+    """An app layer of 64 files of 8 KiB (incompressible, new for each `seed`); version
+    `version` changes the files in `changed` from version 1's."""
+    return {f"/app/f{i:02d}.bin": b"".join(pseudo_random(
+        f"{seed}/{i}/{version if i in changed else 1}", 8192)) for i in range(64)}
+
+
+def blob_file(digest: str) -> Path | None:
+    """Where the tests' registry keeps blob `digest` on disk (its filesystem storage)."""
+    config = SERVICES_DIR / "registry.yml"
+    if not config.exists():
+        return None
+    root = next((line.split(":", 1)[1].strip() for line in config.read_text().splitlines()
+                 if line.strip().startswith("rootdirectory:")), None)
+    hexd = digest.removeprefix("sha256:")
+    found = Path(root or "/nonexistent") / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd
+    return found / "data" if (found / "data").exists() else None
+
+
+def test_a_patch_release_crosses_as_a_delta_and_a_damaged_base_gets_the_full_layer(
+        site: Site, docker_client: docker.DockerClient, services: Services) -> None:
+    base, app, seed = f"{site.prefix}-base:1", f"{site.prefix}-family", new_id()
+    busybox_base(docker_client, base)
+    build_image(docker_client, f"{app}:v1", family_files(seed, 1, range(0)), base)
+    v1 = site.commit([f"{app}:v1"], "v1")
+    site.start()
+    with running(*site.procs):
+        site.publish()
+        wait_for(lambda: site.released(v1), 240, "v1 ready at the outpost")
+        wait_for(site.link_idle, 60, "the link to settle after v1")
+
+        build_image(docker_client, f"{app}:v2", family_files(seed, 2, range(0, 3)), base)
+        v2_id, v2_layers = image_facts(docker_client, f"{app}:v2")
+        v2 = site.commit([f"{app}:v2"], "v2: 3 of 64 files changed")
+        before = site.link_bytes()
+        sent = site.publish()
+        wait_for(lambda: site.released(v2), 120, "v2 ready at the outpost")
+        wait_for(site.link_idle, 60, "the link to settle after v2")
+        crossed = site.link_bytes() - before
+        assert "1 as deltas" in json.dumps(sent)
+        # 3 changed files of 8 KiB against a 512 KiB layer: the delta, not the layer
+        assert crossed < (3 * 8192 * 1.5 + 32768) / (1 - LOSS), f"v2 sent {crossed} bytes"
+        assert registry_image_id(services.registry, f"{app}:v2") == v2_id
+
+        damaged = blob_file(v2_layers[-1])
+        if damaged is None:
+            pytest.skip("the tests' registry storage is not where .services says")
+        data = bytearray(damaged.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        damaged.write_bytes(bytes(data))
+        assert hashlib.sha256(damaged.read_bytes()).hexdigest() != v2_layers[-1][7:]
+        build_image(docker_client, f"{app}:v3", family_files(seed, 3, range(3, 6)), base)
+        v3_id, _ = image_facts(docker_client, f"{app}:v3")
+        v3 = site.commit([f"{app}:v3"], "v3: against a base damaged at the outpost")
+        site.publish()
+        wait_for(lambda: site.released(v3), 120, "v3 ready at the outpost (full layer)")
+        assert registry_image_id(services.registry, f"{app}:v3") == v3_id
+        asked = [r for r in site.status(site.earth)["reports"] if r["event"] == "image-request"]
+        assert asked and asked[0]["detail"]["refs"] == [f"{app}:v3"]
+    log = (site.mars.path / "node.log").read_text()
+    assert "is damaged" in log, "the outpost did not notice its damaged base"
+    site.check_logs()
+
+
+def test_a_config_release_overtakes_a_big_image_already_crossing(
+        site: Site, docker_client: docker.DockerClient) -> None:
+    """A narrow link (4 MiB/s) busy with a 40 MiB layer: a release published after it, the
+    same image with another config, is in the outpost's mirror long before the image is."""
+    big = f"{site.prefix}-big:1"
+    busybox_base(docker_client, big, extra_mb=40, seed=new_id())
+    v1 = site.commit([big], "v1: a big image")
+    site.start("--latency", "100ms", "--bandwidth", "4M")
+    with running(*site.procs):
+        site.publish()
+        wait_for(lambda: site.link_bytes() > 4 * 1024 * 1024, 60, "the image to be crossing")
+        repo = site.earth.path / "config"
+        (repo / "notes.txt").write_text("config only\n")
+        git(repo, "add", "notes.txt")
+        git(repo, "commit", "-qm", "v2: a config change")
+        v2 = git(repo, "rev-parse", "HEAD").strip()
+        site.publish()
+        wait_for(lambda: site.status(site.mars)["mirror_head"] == v2, 60,
+                 "the config release to arrive")
+        assert not site.released(v1), "the config waited for the image"
+        assert site.link_bytes() < 30 * 1024 * 1024, "the config waited for the image"
+        wait_for(lambda: site.released(v2), 120, "v2 ready once the image is in")
     site.check_logs()
 
 

@@ -36,8 +36,8 @@ class Sinks:
         self.data: list[bytes] = []
         self.closed: list[bool] = []
 
-    def __call__(self, part_digest: str) -> BinaryIO:
-        self.opened.append(part_digest)
+    def __call__(self, part: Part) -> BinaryIO:
+        self.opened.append(part.digest)
         index = len(self.data)
         self.data.append(b"")
         self.closed.append(False)

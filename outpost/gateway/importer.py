@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import RefusedContent
-from ..images.parts import ImagePayload, PartSplitter, Sink
+from ..errors import RefusedContent, RegistryError
+from ..images.delta import MAX_BASE, DeltaMismatch, Rebuilder
+from ..images.parts import ImagePayload, Part, PartSplitter, Sink
+from ..node.context import log
 from ..release.manifest import ImageFacts
 from ..store.releases import ReleaseStore
 from .registry import OCI_MANIFEST, Registry, Upload, image_ref_parts, oci_manifest
@@ -28,6 +30,7 @@ Read = Callable[[Callable[[bytes], object]], object]
 class Gateway:
     def __init__(self, registry: Registry, store: ReleaseStore) -> None:
         self.registry, self.store = registry, store
+        self.failed_deltas: list[str] = []  # layers the last bundle's deltas did not rebuild
 
     def import_bundle(self, payload: ImagePayload, read: Read, staging: Path,
                       src: str) -> list[str]:
@@ -44,43 +47,72 @@ class Gateway:
 
     def _stage(self, payload: ImagePayload, read: Read, staging: Path) -> dict[str, Path]:
         """The config to a file, each layer the registry lacks straight into an upload,
-        each checked against its digest on the way.
+        each checked against its digest on the way (a delta is rebuilt against its base,
+        read from the registry, and checked against the layer's diff_id).
 
         Uploads become blobs only after the bundle's sha256 and every part's digest have
         checked out; on any failure they are cancelled, so nothing refused ever becomes a
-        blob, a manifest or a tag. Returns the files staged (the config).
+        blob, a manifest or a tag. A delta whose base is missing or damaged here is left
+        out (`failed_deltas`): the image waits for the full layer. Returns the files staged
+        (the config).
         """
         facts = payload.facts
         repo, _tag = image_ref_parts(facts.ref)
-        sizes = {p.digest: p.size for p in payload.parts()}
         config = staging / facts.image_id.replace(":", "-")
         uploads: dict[str, Upload] = {}
+        rebuilt: dict[str, _Rebuilt] = {}
         checked = False
 
-        def open_part(digest: str) -> Sink:
+        def open_part(part: Part) -> Sink:
             nonlocal checked
-            if digest == facts.image_id:
+            if part.digest == facts.image_id:
                 return open(config, "wb")
             if not checked:  # the config part is complete before any layer
                 check_config(facts, config)
                 checked = True
-            if digest in uploads or self.registry.has_blob(repo, digest):
+            layer = part.diff_id
+            if layer in uploads or self.registry.has_blob(repo, layer):
                 return _Discard()
-            uploads[digest] = self.registry.open_upload(repo, sizes[digest])
-            return uploads[digest]
+            if part.base is None:
+                uploads[layer] = self.registry.open_upload(repo, part.size)
+                return uploads[layer]
+            base = self._base(part.base)
+            if base is None:
+                self.failed_deltas.append(layer)
+                return _Discard()
+            uploads[layer] = self.registry.open_upload(repo, part.layer_size)
+            rebuilt[layer] = _Rebuilt(Rebuilder(base, uploads[layer], layer, part.layer_size))
+            return rebuilt[layer]
 
+        self.failed_deltas = []
         try:
             splitter = PartSplitter(payload.parts(), open_part)
             read(splitter.feed)
             splitter.finish()
             check_config(facts, config)
-            for digest, upload in uploads.items():
-                upload.commit(digest)
+            for layer, upload in uploads.items():
+                if layer in rebuilt and rebuilt[layer].failed:
+                    upload.cancel()
+                    self.failed_deltas.append(layer)
+                else:
+                    upload.commit(layer)
         except BaseException:
             for upload in uploads.values():
                 upload.cancel()
             raise
         return {facts.image_id: config}
+
+    def _base(self, digest: str) -> bytes | None:
+        """A delta's base layer from the registry, checked against its digest; None when it
+        is not here, too big to hold, or damaged."""
+        held = self.store.held_layer(digest)
+        if held is None or held[1] > MAX_BASE:
+            return None
+        try:
+            return self.registry.get_blob(held[0], digest, MAX_BASE)
+        except RegistryError as e:
+            log.warning("cannot use layer %s as a delta's base: %s", digest[:19], e)
+            return None
 
     def import_image(self, facts: ImageFacts, files: dict[str, Path], src: str = "") -> list[str]:
         """Push the image; returns the layers it still lacks. Then nothing is tagged, but
@@ -159,6 +191,24 @@ class Gateway:
             else:
                 self.store.forget_layer(digest)
         return out
+
+
+class _Rebuilt:
+    """A delta's sink: a layer that does not rebuild is noted, its upload cancelled later,
+    rather than failing the bundle (which is intact: the base here is not Earth's)."""
+
+    def __init__(self, rebuilder: Rebuilder) -> None:
+        self.rebuilder, self.failed = rebuilder, False
+
+    def write(self, data: bytes) -> None:
+        self.rebuilder.write(data)
+
+    def close(self) -> None:
+        try:
+            self.rebuilder.close()
+        except DeltaMismatch as e:
+            log.warning("%s; asking Earth for the full layer", e)
+            self.failed = True
 
 
 class _Discard:

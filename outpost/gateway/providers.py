@@ -47,7 +47,7 @@ def install_provider(mirror: OutpostMirror, payload: ProviderPayload, read: Read
 def _stage(payload: ProviderPayload, read: Read, staging: Path) -> None:
     files = iter(payload.files)
 
-    def open_part(_digest: str) -> Sink:
+    def open_part(_part: Part) -> Sink:
         f = next(files)
         path = staging / f.name
         path.parent.mkdir(parents=True, exist_ok=True)

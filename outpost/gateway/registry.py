@@ -226,6 +226,17 @@ class Registry:
                                 "without a Content-Length")
         return int(length)
 
+    def get_blob(self, repo: str, digest: str, limit: int) -> bytes:
+        """Blob `digest` of `repo`, whole in memory (at most `limit` bytes), checked against
+        its digest: a RegistryError when it is absent, bigger, or not what it is named."""
+        resp = self._request("GET", self._blob_path(repo, digest), limit=limit)
+        if resp.status != 200:
+            raise self._refused(f"GET blob {digest} in {repo}", resp)
+        if "sha256:" + hashlib.sha256(resp.body).hexdigest() != digest:
+            raise RegistryError(f"blob {digest[:19]} in {repo} is damaged: its content has "
+                                "another digest")
+        return resp.body
+
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
         """Link blob `digest` from `from_repo` into `repo` without sending it; False if absent."""
         query = urlencode({"mount": check_digest(digest), "from": check_repo(from_repo)})
@@ -382,7 +393,8 @@ class Registry:
         return self._conn
 
     def _request(self, method: str, path: str, *, body: bytes | None = None,
-                 headers: dict[str, str] | None = None) -> Response:
+                 headers: dict[str, str] | None = None,
+                 limit: int = MAX_RESPONSE) -> Response:
         """One request with a bytes body; any HTTP status is returned, not raised."""
         hdrs = {"User-Agent": "outpost-gateway", **(headers or {})}
         for attempt in (0, 1):
@@ -392,7 +404,7 @@ class Registry:
             reused = conn.sock is not None
             try:
                 conn.request(method, path, body=body, headers=hdrs)
-                return self._read(conn.getresponse())
+                return self._read(conn.getresponse(), limit)
             except (ConnectionError, http.client.BadStatusLine) as e:
                 self.close()
                 if attempt == 0 and reused:
@@ -434,12 +446,12 @@ class Registry:
             self.close()
             raise _Disconnected(e) from e
 
-    def _read(self, resp: http.client.HTTPResponse) -> Response:
-        body = resp.read(MAX_RESPONSE + 1)
-        if len(body) > MAX_RESPONSE:
+    def _read(self, resp: http.client.HTTPResponse, limit: int = MAX_RESPONSE) -> Response:
+        body = resp.read(limit + 1)
+        if len(body) > limit:
             self.close()
             raise RegistryError(f"registry at {self.url} answered more than "
-                                f"{MAX_RESPONSE >> 20} MiB where a small JSON was expected")
+                                f"{limit >> 20} MiB where at most that was expected")
         if resp.will_close:
             self.close()
         return Response(resp.status, resp.msg, body)

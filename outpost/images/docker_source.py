@@ -18,6 +18,7 @@ from typing import BinaryIO, cast
 from ..codec import PartWriter
 from ..errors import DockerError
 from ..release.manifest import ImageFacts
+from .delta import Patcher, usable_base
 from .engine import Engine
 from .parts import ImagePayload, Part
 
@@ -67,18 +68,23 @@ def spool_save(engine: Engine, facts: ImageFacts, wanted: set[str],
                into: Path) -> dict[str, Path]:
     """Stream `docker save` of the image; keep the config and the `wanted` layers as files
     named by digest in `into`. Returns digest -> path for what was kept."""
+    return _spool(engine, facts.image_id, facts.ref, {facts.image_id, *wanted}, into)
+
+
+def _spool(engine: Engine, image: str, name: str, wanted: set[str],
+           into: Path) -> dict[str, Path]:
     kept: dict[str, Path] = {}
-    reader = cast(BinaryIO, ChunkReader(engine.save(facts.image_id)))
+    reader = cast(BinaryIO, ChunkReader(engine.save(image)))
     try:
         with tarfile.open(fileobj=reader, mode="r|") as tar:
             for member in tar:
                 if member.isfile():
-                    _spool_member(tar, member, {facts.image_id, *wanted}, into, kept)
+                    _spool_member(tar, member, wanted, into, kept)
     except tarfile.TarError as e:
-        raise DockerError(f"docker save {facts.ref}: not a tar stream ({e})") from None
-    missing = {facts.image_id, *wanted} - set(kept)
+        raise DockerError(f"docker save {name}: not a tar stream ({e})") from None
+    missing = wanted - set(kept)
     if missing:
-        raise DockerError(f"docker save of {facts.ref} lacks {sorted(missing)[:2]}")
+        raise DockerError(f"docker save of {name} lacks {sorted(missing)[:2]}")
     return kept
 
 
@@ -102,15 +108,47 @@ def _spool_member(tar: tarfile.TarFile, member: tarfile.TarInfo, wanted: set[str
 
 
 def write_image(engine: Engine, facts: ImageFacts, held: set[str], w: PartWriter,
-                scratch: Path) -> ImagePayload:
-    """Write the config and the layers not in `held` into the payload, a frame each."""
+                 scratch: Path, bases: dict[str, str] | None = None,
+                 base_image: str | None = None) -> ImagePayload:
+    """Write the config and the layers not in `held` into the payload, a frame each; a
+    layer with a base in `bases` (layer -> a layer of `base_image` the outpost holds) as a
+    delta against it where that pays (delta.py)."""
     wanted = [d for d in dict.fromkeys(facts.diff_ids) if d not in held]
+    bases = {d: b for d, b in (bases or {}).items() if d in wanted}
     with tempfile.TemporaryDirectory(dir=scratch) as tmpdir:
         files = spool_save(engine, facts, set(wanted), Path(tmpdir))
-        parts = [Part(facts.image_id, files[facts.image_id].stat().st_size)]
-        parts += [Part(d, files[d].stat().st_size) for d in wanted]
-        for part in parts:
-            with open(files[part.digest], "rb") as f:
-                w.copy_from(f)
-            w.end_frame()
-    return ImagePayload(facts=facts, config_size=parts[0].size, layers=parts[1:])
+        base_files = _spool(engine, base_image, f"{facts.ref}'s earlier version",
+                            set(bases.values()), Path(tmpdir)) if bases and base_image else {}
+        config_size = _copy_part(files[facts.image_id], w)
+        layers = []
+        for d in wanted:
+            base = base_files.get(bases.get(d, ""))
+            if base is not None and usable_base(base.stat().st_size, files[d].stat().st_size):
+                layers.append(_write_delta(files[d], d, base, bases[d], w))
+            else:
+                layers.append(Part(d, _copy_part(files[d], w)))
+    return ImagePayload(facts=facts, config_size=config_size, layers=layers)
+
+
+def _copy_part(path: Path, w: PartWriter) -> int:
+    with open(path, "rb") as f:
+        size = w.copy_from(f)
+    w.end_frame()
+    return size
+
+
+def _write_delta(layer: Path, diff_id: str, base: Path, base_id: str, w: PartWriter) -> Part:
+    size = layer.stat().st_size
+    patcher = Patcher(base.read_bytes(), size)
+    sha, written = hashlib.sha256(), 0
+    with open(layer, "rb") as f:
+        while chunk := f.read(SAVE_CHUNK):
+            out = patcher.compress(chunk)
+            sha.update(out)
+            w.write(out)
+            written += len(out)
+    out = patcher.flush()
+    sha.update(out)
+    w.write(out)
+    w.end_frame()
+    return Part("sha256:" + sha.hexdigest(), written + len(out), diff_id, base_id, size)

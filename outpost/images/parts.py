@@ -27,8 +27,18 @@ class Sink(Protocol):
 
 @dataclass(frozen=True)
 class Part:
+    """A part of the payload: `size` bytes whose sha256 is `digest`. A delta part holds
+    layer `layer` (of `layer_size` bytes) compressed against layer `base` (delta.py)."""
+
     digest: str
     size: int
+    layer: str | None = None
+    base: str | None = None
+    layer_size: int = 0
+
+    @property
+    def diff_id(self) -> str:
+        return self.layer or self.digest
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,7 @@ class ImagePayload:
 
     def to_meta(self) -> dict[str, Any]:
         return {"image": self.facts.to_meta(), "config_size": self.config_size,
-                "layers": [{"diff_id": p.digest, "size": p.size} for p in self.layers]}
+                "layers": [_part_meta(p) for p in self.layers]}
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], raw_length: int) -> ImagePayload:
@@ -56,7 +66,7 @@ class ImagePayload:
             raise MalformedBundle("image bundle needs a list of layers", reason="bad-image")
         parts = [_part(x) for x in layers]
         for p in parts:
-            if p.digest not in facts.diff_ids:
+            if p.diff_id not in facts.diff_ids:
                 raise MalformedBundle(f"layer {p.digest} is not one of the image's",
                                       reason="bad-image")
         if size + sum(p.size for p in parts) != raw_length:
@@ -65,22 +75,36 @@ class ImagePayload:
         return cls(facts=facts, config_size=size, layers=parts)
 
 
+def _part_meta(p: Part) -> dict[str, Any]:
+    if p.layer is None:
+        return {"diff_id": p.digest, "size": p.size}
+    return {"diff_id": p.layer, "size": p.size,
+            "delta": {"base": p.base, "sha256": p.digest, "layer_size": p.layer_size}}
+
+
 def _part(x: Any) -> Part:
     if not isinstance(x, dict) or not isinstance(x.get("diff_id"), str) or not DIGEST.match(
             x["diff_id"]) or not isinstance(x.get("size"), int) or x["size"] < 0:
         raise MalformedBundle("bad layer entry in image bundle", reason="bad-image")
-    return Part(x["diff_id"], x["size"])
+    delta = x.get("delta")
+    if delta is None:
+        return Part(x["diff_id"], x["size"])
+    if not isinstance(delta, dict) or not all(
+            isinstance(delta.get(k), str) and DIGEST.match(delta[k]) for k in ("base", "sha256")
+    ) or not isinstance(delta.get("layer_size"), int) or delta["layer_size"] < 0:
+        raise MalformedBundle("bad delta entry in image bundle", reason="bad-image")
+    return Part(delta["sha256"], x["size"], x["diff_id"], delta["base"], delta["layer_size"])
 
 
 class PartSplitter:
-    """Feed it the raw payload; it writes each part to `open_part(digest)` and checks it.
+    """Feed it the raw payload; it writes each part to `open_part(part)` and checks it.
 
     A part whose digest differs is remembered, not raised at once, so the caller can first
     learn whether the whole payload arrived intact (then the sender is at fault, not the
     link) by letting the bundle's own sha256 check finish.
     """
 
-    def __init__(self, parts: list[Part], open_part: Callable[[str], Sink], *,
+    def __init__(self, parts: list[Part], open_part: Callable[[Part], Sink], *,
                  what: str = "image", mismatch: str = "layer-digest") -> None:
         self.parts, self.open_part = parts, open_part
         self.what, self.mismatch = what, mismatch
@@ -98,8 +122,7 @@ class PartSplitter:
             if self.index >= len(self.parts):
                 return
             part = self.parts[self.index]
-            self.out, self.left, self.sha = self.open_part(part.digest), part.size, \
-                hashlib.sha256()
+            self.out, self.left, self.sha = self.open_part(part), part.size, hashlib.sha256()
             if self.left:
                 return
 

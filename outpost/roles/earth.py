@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..codec import BULK, EXPEDITED, Header, PartWriter
-from ..errors import ConfigError, GitError, MalformedBundle
+from ..errors import ConfigError, DockerError, GitError, MalformedBundle
 from ..fsutil import waiting_lock
+from ..images.delta import pick_bases
 from ..images.docker_source import docker_engine, image_facts, write_image
 from ..images.engine import Engine
 from ..node.context import Node, log
@@ -22,7 +24,7 @@ from ..providers.package import Provider, safe_file_name
 from ..release import git
 from ..release.config import ReleaseConfig, parse_release_config
 from ..release.manifest import COMMIT as COMMIT_RE
-from ..release.manifest import DIGEST, IMAGE_REF, ImageFacts, Release
+from ..release.manifest import DIGEST, IMAGE_REF, ImageFacts, Release, split_ref
 from ..store.releases import COMMIT, IMAGE, LAYER, PROVIDER, ReleaseStore
 from ..store.state import SENDING, Message
 from . import Call, Role, read_control
@@ -139,15 +141,45 @@ class Earth(Role):
         return _describe(msg, f"provider {provider}")
 
     def _send_image(self, peer: str, facts: ImageFacts, client: Engine, layers: set[str],
-                    release: str | None, via_link: bool = True) -> dict[str, Any]:
-        """An image bundle with the layers not in `layers` (which then holds them all)."""
+                    release: str | None, via_link: bool = True,
+                    full: AbstractSet[str] = frozenset()) -> dict[str, Any]:
+        """An image bundle with the layers not in `layers` (which then holds them all),
+        each as a delta against its earlier version where the outpost holds that (except
+        the layers in `full`)."""
         wanted = [d for d in dict.fromkeys(facts.diff_ids) if d not in layers]
+        base_image, bases = self._delta_bases(peer, facts, client, full)
         msg = self.sender.submit(
-            peer, "image", fill=self._image_fill(client, facts, set(layers)),
+            peer, "image", fill=self._image_fill(client, facts, set(layers), bases, base_image),
             meta={"release": release}, priority=BULK, via_link=via_link,
             custody={"holds": {LAYER: wanted, IMAGE: [facts.image_id]}})
         layers |= set(facts.diff_ids)
-        return _describe(msg, f"{facts.ref}: {len(wanted)} of {len(facts.diff_ids)} layers")
+        deltas = f", {len(bases)} as deltas" if bases else ""
+        return _describe(msg, f"{facts.ref}: {len(wanted)} of {len(facts.diff_ids)} "
+                              f"layers{deltas}")
+
+    def _delta_bases(self, peer: str, facts: ImageFacts, client: Engine,
+                     full: AbstractSet[str]) -> tuple[str | None, dict[str, str]]:
+        """The newest image of the same name the outpost holds (as Earth's Docker still has
+        it), and which of its layers each new layer is sent against. Only layers the outpost
+        acknowledged count as bases: one still on its way might come after the delta."""
+        name = split_ref(facts.ref)[1]
+        earlier: dict[str, Any] | None = None
+        for image_id in self.store.holding(peer, IMAGE) - {facts.image_id}:
+            try:
+                attrs = client.inspect_image(image_id)
+            except (ConfigError, DockerError):
+                continue  # no longer at Earth
+            tags = attrs.get("RepoTags") or []
+            if any(split_ref(t)[1] == name for t in tags) and (
+                    earlier is None or str(attrs.get("Created")) > str(earlier.get("Created"))):
+                earlier = attrs
+        if earlier is None:
+            return None, {}
+        old = list(earlier.get("RootFS", {}).get("Layers", []))
+        bases = pick_bases(facts.diff_ids, old, self.store.holding(peer, LAYER), full)
+        log.info("%s to %s: %d layer(s) as deltas against %s", facts.ref, peer, len(bases),
+                 ", ".join(earlier.get("RepoTags") or [str(earlier["Id"])[:19]]))
+        return str(earlier["Id"]), bases
 
     def _send_config(self, peer: str, release: Release, base: str | None,
                      via_link: bool) -> dict[str, Any]:
@@ -164,9 +196,11 @@ class Earth(Role):
                     via_link=via_link, custody={"holds": {COMMIT: [release.commit]}})
         return _describe(msg, f"release {release.id} (config from {(base or 'the start')[:12]})")
 
-    def _image_fill(self, client: Engine, facts: Any, held: set[str]) -> Any:
+    def _image_fill(self, client: Engine, facts: Any, held: set[str], bases: dict[str, str],
+                    base_image: str | None) -> Any:
         def fill(w: PartWriter) -> dict[str, Any]:
-            return write_image(client, facts, held, w, self.node.home.spool).to_meta()
+            return write_image(client, facts, held, w, self.node.home.spool, bases,
+                               base_image).to_meta()
         return fill
 
     def pending(self, peer: str) -> dict[str, set[str]]:
@@ -191,7 +225,7 @@ class Earth(Role):
         doc = read_control(self.node, header, path)
         commit, layers, images, providers = _holdings(doc)
         self.store.replace_holdings(header.src, commit, layers, images, self.node.clock(),
-                                    providers)
+                                    providers, as_of=header.created)
         log.info("%s reports config %s, %d layers, %d images; answering its sync",
                  header.src, (commit or "none")[:12], len(layers), len(images))
         release, _cfg, client = self.current()
@@ -201,7 +235,7 @@ class Earth(Role):
     def on_image_request(self, header: Header, path: Path) -> None:
         """An outpost's apply found images missing: send them (only the layers it lacks),
         or say that Earth does not have them either."""
-        refs, layers, release = _image_request(read_control(self.node, header, path))
+        refs, layers, release, full = _image_request(read_control(self.node, header, path))
         client = docker_engine(self.docker_host)
         sent, unavailable = [], []
         held = set(layers)
@@ -211,7 +245,7 @@ class Earth(Role):
             except ConfigError:
                 unavailable.append(ref)
                 continue
-            self._send_image(header.src, facts, client, held, release)
+            self._send_image(header.src, facts, client, held, release, full=full)
             sent.append(ref)
         if unavailable:
             self.sender.submit(header.src, "image-unavailable", None, priority=EXPEDITED,
@@ -258,10 +292,14 @@ def _holdings(doc: Any) -> tuple[str | None, list[str], list[str], list[str]]:
     return commit, layers, images, providers
 
 
-def _image_request(doc: Any) -> tuple[list[str], list[str], str | None]:
+def _image_request(doc: Any) -> tuple[list[str], list[str], str | None, set[str]]:
     if not isinstance(doc, dict):
         raise MalformedBundle("image-request payload must be a map", reason="bad-request")
     refs, layers, release = doc.get("refs"), doc.get("layers", []), doc.get("release")
+    full = doc.get("full", [])  # layers whose delta did not rebuild: send them whole
+    if not isinstance(full, list) or not all(isinstance(d, str) and DIGEST.match(d)
+                                             for d in full):
+        raise MalformedBundle("image-request full must be sha256 digests", reason="bad-request")
     if not isinstance(refs, list) or not 0 < len(refs) <= 100 or not all(
             isinstance(r, str) and IMAGE_REF.match(r) for r in refs):
         raise MalformedBundle("image-request needs 1 to 100 image refs", reason="bad-request")
@@ -271,7 +309,7 @@ def _image_request(doc: Any) -> tuple[list[str], list[str], str | None]:
                               reason="bad-request")
     if release is not None and not (isinstance(release, str) and COMMIT_RE.match(release)):
         raise MalformedBundle("image-request release must be a commit", reason="bad-request")
-    return list(dict.fromkeys(refs)), layers, release
+    return list(dict.fromkeys(refs)), layers, release, set(full)
 
 
 def _describe(msg: Message, what: str) -> dict[str, Any]:

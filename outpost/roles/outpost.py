@@ -150,6 +150,13 @@ class Outpost(Role):
         missing = self.gateway.import_bundle(
             payload, lambda sink: read_payload(path, self.node.state.keyring(),
                                                self.node.limits, sink), staging, header.src)
+        if missing and self.gateway.failed_deltas:
+            release = header.meta.get("release")
+            self._ask(header.src, [payload.facts.ref], self.gateway.present_layers(),
+                      release if isinstance(release, str) else None,
+                      full=self.gateway.failed_deltas)
+            self.store.pending_requested(payload.facts.image_id, payload.facts.ref,
+                                         self.node.clock())
         if missing:
             log.warning("image %s lacks %d layer(s) the registry does not hold yet; it waits "
                         "for them", payload.facts.ref, len(missing))
@@ -231,8 +238,11 @@ class Outpost(Role):
             self._ask(peer, row.wanted, layers, row.commit_id)
             log.info("apply #%d waits for them (request %d)", row.id, row.requests + 1)
 
-    def _ask(self, peer: str, refs: list[str], layers: list[str], release: str | None) -> None:
-        data: bytes = msgpack.packb({"refs": refs, "layers": layers, "release": release})
+    def _ask(self, peer: str, refs: list[str], layers: list[str], release: str | None, *,
+             full: list[str] | None = None) -> None:
+        """Ask for images, saying which layers we hold (and which to send whole)."""
+        doc = {"refs": refs, "layers": layers, "release": release, "full": full or []}
+        data: bytes = msgpack.packb(doc)
         self.sender.submit(peer, "image-request", io.BytesIO(data), priority=EXPEDITED,
                            meta={"release": release, "refs": refs})
         log.info("asked %s for %s", peer, ", ".join(refs))

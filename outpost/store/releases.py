@@ -62,14 +62,20 @@ class ReleaseStore:
                            [(peer, kind, v, now) for v in values])
 
     def replace_holdings(self, peer: str, commit: str | None, layers: list[str],
-                         images: list[str], now: float, providers: Sequence[str] = ()) -> None:
-        """The outpost's own report is the truth: forget what we assumed."""
+                         images: list[str], now: float, providers: Sequence[str] = (), *,
+                         as_of: float | None = None) -> None:
+        """The outpost's own report is the truth as of when it wrote it (`as_of`): forget
+        what we assumed before then, keep what its acks told us since (a sync delayed on
+        the link must not undo the delivery of a release that overtook it)."""
+        since = now if as_of is None else as_of
         with self.state.tx() as db:
-            db.execute("DELETE FROM holdings WHERE peer = ?", (peer,))
+            db.execute("DELETE FROM holdings WHERE peer = ? AND at < ?", (peer, since))
             rows = [(peer, LAYER, d, now) for d in layers] + [
                 (peer, IMAGE, i, now) for i in images] + [
                 (peer, PROVIDER, p, now) for p in providers]
-            if commit:
+            newer_commit = db.execute("SELECT 1 FROM holdings WHERE peer = ? AND kind = ?",
+                                      (peer, COMMIT)).fetchone()
+            if commit and newer_commit is None:
                 rows.append((peer, COMMIT, commit, now))
             db.executemany("INSERT OR REPLACE INTO holdings VALUES (?,?,?,?)", rows)
 

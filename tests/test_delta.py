@@ -1,0 +1,87 @@
+"""Layer deltas (outpost/images/delta.py): pure, bytes in and out."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+
+from outpost.images.delta import (
+    MAX_BASE,
+    MIN_LAYER,
+    DeltaMismatch,
+    Patcher,
+    Rebuilder,
+    pick_bases,
+    usable_base,
+)
+
+
+class Buffer:
+    def __init__(self) -> None:
+        self.data, self.closed = bytearray(), False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def layer(version: int, changed: set[int]) -> bytes:
+    """64 blocks of 8 KiB of incompressible bytes; `changed` blocks differ in `version`."""
+    return b"".join(random.Random(f"{i}/{version if i in changed else 0}").randbytes(8192)
+                    for i in range(64))
+
+
+def delta(base: bytes, new: bytes, chunk: int = 100_000) -> bytes:
+    p = Patcher(base, len(new))
+    return b"".join([*(p.compress(new[i:i + chunk]) for i in range(0, len(new), chunk)),
+                     p.flush()])
+
+
+def rebuild(base: bytes, patch: bytes, new: bytes, chunk: int = 777) -> Buffer:
+    out = Buffer()
+    r = Rebuilder(base, out, "sha256:" + hashlib.sha256(new).hexdigest(), len(new))
+    for i in range(0, len(patch), chunk):
+        r.write(patch[i:i + chunk])
+    r.close()
+    return out
+
+
+def test_a_layer_with_few_changes_costs_the_changes_and_rebuilds_exactly() -> None:
+    base, new = layer(0, set()), layer(1, {3, 40})
+    patch = delta(base, new)
+    assert len(patch) < 2 * 8192 + 4096, len(patch)  # 2 changed blocks, not 512 KiB
+    out = rebuild(base, patch, new)
+    assert bytes(out.data) == new and out.closed
+
+
+@pytest.mark.parametrize("damage", ["base", "patch", "short"])
+def test_a_wrong_base_or_a_damaged_delta_is_refused_not_written_on(damage: str) -> None:
+    base, new = layer(0, set()), layer(1, {3})
+    patch = delta(base, new)
+    if damage == "base":
+        base = base[:1000] + bytes([base[1000] ^ 1]) + base[1001:]
+    elif damage == "patch":
+        patch = patch[:-20] + bytes(20)
+    else:
+        patch = patch[: len(patch) // 2]
+    with pytest.raises(DeltaMismatch, match="layer sha256:"):
+        rebuild(base, patch, new)
+
+
+def test_bases_are_the_earlier_version_of_each_layer_the_outpost_holds() -> None:
+    new, old = ["os", "lib2", "app2"], ["os", "lib1", "app1"]
+    assert pick_bases(new, old, {"os", "lib1", "app1"}) == {"lib2": "lib1", "app2": "app1"}
+    assert pick_bases(new, old, {"os", "app1"}) == {"app2": "app1"}  # lib1 not held
+    assert pick_bases(new, old, {"os", "lib1", "app1"}, full={"app2"}) == {"lib2": "lib1"}
+    assert pick_bases(["os", "extra", "app"], ["os"], {"os"}) == {}  # nothing to match
+
+
+def test_a_base_is_used_only_when_it_fits_in_memory_and_the_layer_is_worth_it() -> None:
+    assert usable_base(10 << 20, 1 << 20)
+    assert not usable_base(MAX_BASE + 1, 1 << 20)
+    assert not usable_base(10 << 20, MIN_LAYER - 1)
+    assert not usable_base(0, 1 << 20)
