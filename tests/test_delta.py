@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from pathlib import Path
 
 import pytest
 
@@ -11,11 +12,14 @@ from outpost.images.delta import (
     MAX_BASE,
     MIN_LAYER,
     DeltaMismatch,
-    Patcher,
     Rebuilder,
+    available,
+    patch,
     pick_bases,
     usable_base,
 )
+
+needs_zstd = pytest.mark.skipif(not available(), reason="the zstd program is not installed")
 
 
 class Buffer:
@@ -35,41 +39,49 @@ def layer(version: int, changed: set[int]) -> bytes:
                     for i in range(64))
 
 
-def delta(base: bytes, new: bytes, chunk: int = 100_000) -> bytes:
-    p = Patcher(base, len(new))
-    return b"".join([*(p.compress(new[i:i + chunk]) for i in range(0, len(new), chunk)),
-                     p.flush()])
+def delta(tmp: Path, base: bytes, new: bytes) -> tuple[Path, bytes]:
+    (tmp / "base").write_bytes(base)
+    (tmp / "new").write_bytes(new)
+    return tmp / "base", b"".join(patch(tmp / "base", tmp / "new"))
 
 
-def rebuild(base: bytes, patch: bytes, new: bytes, chunk: int = 777) -> Buffer:
+def rebuild(base: Path, patch_bytes: bytes, new: bytes, chunk: int = 777) -> Buffer:
     out = Buffer()
     r = Rebuilder(base, out, "sha256:" + hashlib.sha256(new).hexdigest(), len(new))
-    for i in range(0, len(patch), chunk):
-        r.write(patch[i:i + chunk])
+    for i in range(0, len(patch_bytes), chunk):
+        r.write(patch_bytes[i:i + chunk])
     r.close()
     return out
 
 
-def test_a_layer_with_few_changes_costs_the_changes_and_rebuilds_exactly() -> None:
+@needs_zstd
+def test_a_layer_with_few_changes_costs_the_changes_and_rebuilds_exactly(
+        tmp_path: Path) -> None:
     base, new = layer(0, set()), layer(1, {3, 40})
-    patch = delta(base, new)
-    assert len(patch) < 2 * 8192 + 4096, len(patch)  # 2 changed blocks, not 512 KiB
-    out = rebuild(base, patch, new)
+    base_file, patch_bytes = delta(tmp_path, base, new)
+    assert len(patch_bytes) < 2 * 8192 + 4096, len(patch_bytes)  # 2 blocks, not 512 KiB
+    out = rebuild(base_file, patch_bytes, new)
     assert bytes(out.data) == new and out.closed
 
 
+@needs_zstd
 @pytest.mark.parametrize("damage", ["base", "patch", "short"])
-def test_a_wrong_base_or_a_damaged_delta_is_refused_not_written_on(damage: str) -> None:
+def test_a_wrong_base_or_a_damaged_delta_is_refused_not_written_on(
+        tmp_path: Path, damage: str) -> None:
     base, new = layer(0, set()), layer(1, {3})
-    patch = delta(base, new)
+    base_file, patch_bytes = delta(tmp_path, base, new)
     if damage == "base":
-        base = base[:1000] + bytes([base[1000] ^ 1]) + base[1001:]
+        base_file.write_bytes(base[:1000] + bytes([base[1000] ^ 1]) + base[1001:])
     elif damage == "patch":
-        patch = patch[:-20] + bytes(20)
+        patch_bytes = patch_bytes[:-20] + bytes(20)
     else:
-        patch = patch[: len(patch) // 2]
+        patch_bytes = patch_bytes[: len(patch_bytes) // 2]
+    out = Buffer()
     with pytest.raises(DeltaMismatch, match="layer sha256:"):
-        rebuild(base, patch, new)
+        r = Rebuilder(base_file, out, "sha256:" + hashlib.sha256(new).hexdigest(), len(new))
+        r.write(patch_bytes)
+        r.close()
+    assert not out.closed
 
 
 def test_bases_are_the_earlier_version_of_each_layer_the_outpost_holds() -> None:
@@ -81,7 +93,7 @@ def test_bases_are_the_earlier_version_of_each_layer_the_outpost_holds() -> None
 
 
 def test_a_base_is_used_only_when_it_fits_in_memory_and_the_layer_is_worth_it() -> None:
-    assert usable_base(10 << 20, 1 << 20)
+    assert usable_base(10 << 20, 1 << 20) == available()
     assert not usable_base(MAX_BASE + 1, 1 << 20)
     assert not usable_base(10 << 20, MIN_LAYER - 1)
     assert not usable_base(0, 1 << 20)

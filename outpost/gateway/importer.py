@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import RefusedContent, RegistryError
-from ..images.delta import MAX_BASE, DeltaMismatch, Rebuilder
+from ..images.delta import MAX_BASE, MIN_LAYER, DeltaMismatch, Rebuilder, usable_base
 from ..images.parts import ImagePayload, Part, PartSplitter, Sink
 from ..node.context import log
 from ..release.manifest import ImageFacts
@@ -76,7 +76,7 @@ class Gateway:
             if part.base is None:
                 uploads[layer] = self.registry.open_upload(repo, part.size)
                 return uploads[layer]
-            base = self._base(part.base)
+            base = self._base(part.base, staging)
             if base is None:
                 self.failed_deltas.append(layer)
                 return _Discard()
@@ -102,17 +102,19 @@ class Gateway:
             raise
         return {facts.image_id: config}
 
-    def _base(self, digest: str) -> bytes | None:
-        """A delta's base layer from the registry, checked against its digest; None when it
-        is not here, too big to hold, or damaged."""
+    def _base(self, digest: str, staging: Path) -> Path | None:
+        """A delta's base layer from the registry into a staging file, checked against its
+        digest; None when it is not here, too big, or damaged, or zstd is missing."""
         held = self.store.held_layer(digest)
-        if held is None or held[1] > MAX_BASE:
+        if held is None or not usable_base(held[1], MIN_LAYER):
             return None
+        dest = staging / f"base-{digest[7:]}"
         try:
-            return self.registry.get_blob(held[0], digest, MAX_BASE)
+            self.registry.fetch_blob(held[0], digest, dest, MAX_BASE)
         except RegistryError as e:
             log.warning("cannot use layer %s as a delta's base: %s", digest[:19], e)
             return None
+        return dest
 
     def import_image(self, facts: ImageFacts, files: dict[str, Path], src: str = "") -> list[str]:
         """Push the image; returns the layers it still lacks. Then nothing is tagged, but

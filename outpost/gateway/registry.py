@@ -226,16 +226,36 @@ class Registry:
                                 "without a Content-Length")
         return int(length)
 
-    def get_blob(self, repo: str, digest: str, limit: int) -> bytes:
-        """Blob `digest` of `repo`, whole in memory (at most `limit` bytes), checked against
-        its digest: a RegistryError when it is absent, bigger, or not what it is named."""
-        resp = self._request("GET", self._blob_path(repo, digest), limit=limit)
-        if resp.status != 200:
-            raise self._refused(f"GET blob {digest} in {repo}", resp)
-        if "sha256:" + hashlib.sha256(resp.body).hexdigest() != digest:
+    def fetch_blob(self, repo: str, digest: str, dest: Path, limit: int) -> None:
+        """Blob `digest` of `repo` into the file `dest` (at most `limit` bytes), checked
+        against its digest: a RegistryError when it is absent, bigger, or not what it is
+        named (then `dest` is removed)."""
+        resp = self._request("HEAD", self._blob_path(repo, digest))
+        size = int(resp.headers.get("Content-Length") or 0) if resp.status == 200 else -1
+        if size < 0 or size > limit:
+            raise RegistryError(f"blob {digest[:19]} in {repo}: "
+                                f"{'absent' if size < 0 else f'{size} bytes, over {limit}'}")
+        conn = self._connection()
+        sha = hashlib.sha256()
+        try:
+            conn.request("GET", self._blob_path(repo, digest),
+                         headers={"User-Agent": "outpost-gateway"})
+            got = conn.getresponse()
+            with open(dest, "wb") as f:
+                while chunk := got.read(CHUNK):
+                    sha.update(chunk)
+                    f.write(chunk)
+            if got.will_close:
+                self.close()
+        except (OSError, http.client.HTTPException) as e:
+            self.close()
+            dest.unlink(missing_ok=True)
+            raise self._unreachable(e) from e
+        if got.status != 200 or "sha256:" + sha.hexdigest() != digest:
+            dest.unlink(missing_ok=True)
             raise RegistryError(f"blob {digest[:19]} in {repo} is damaged: its content has "
-                                "another digest")
-        return resp.body
+                                "another digest" if got.status == 200 else
+                                f"GET blob {digest[:19]} in {repo}: HTTP {got.status}")
 
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
         """Link blob `digest` from `from_repo` into `repo` without sending it; False if absent."""
@@ -393,8 +413,7 @@ class Registry:
         return self._conn
 
     def _request(self, method: str, path: str, *, body: bytes | None = None,
-                 headers: dict[str, str] | None = None,
-                 limit: int = MAX_RESPONSE) -> Response:
+                 headers: dict[str, str] | None = None) -> Response:
         """One request with a bytes body; any HTTP status is returned, not raised."""
         hdrs = {"User-Agent": "outpost-gateway", **(headers or {})}
         for attempt in (0, 1):
@@ -404,7 +423,7 @@ class Registry:
             reused = conn.sock is not None
             try:
                 conn.request(method, path, body=body, headers=hdrs)
-                return self._read(conn.getresponse(), limit)
+                return self._read(conn.getresponse())
             except (ConnectionError, http.client.BadStatusLine) as e:
                 self.close()
                 if attempt == 0 and reused:
@@ -446,12 +465,12 @@ class Registry:
             self.close()
             raise _Disconnected(e) from e
 
-    def _read(self, resp: http.client.HTTPResponse, limit: int = MAX_RESPONSE) -> Response:
-        body = resp.read(limit + 1)
-        if len(body) > limit:
+    def _read(self, resp: http.client.HTTPResponse) -> Response:
+        body = resp.read(MAX_RESPONSE + 1)
+        if len(body) > MAX_RESPONSE:
             self.close()
             raise RegistryError(f"registry at {self.url} answered more than "
-                                f"{limit >> 20} MiB where at most that was expected")
+                                f"{MAX_RESPONSE >> 20} MiB where a small JSON was expected")
         if resp.will_close:
             self.close()
         return Response(resp.status, resp.msg, body)

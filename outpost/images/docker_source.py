@@ -18,7 +18,7 @@ from typing import BinaryIO, cast
 from ..codec import PartWriter
 from ..errors import DockerError
 from ..release.manifest import ImageFacts
-from .delta import Patcher, usable_base
+from .delta import patch, usable_base
 from .engine import Engine
 from .parts import ImagePayload, Part
 
@@ -138,17 +138,10 @@ def _copy_part(path: Path, w: PartWriter) -> int:
 
 
 def _write_delta(layer: Path, diff_id: str, base: Path, base_id: str, w: PartWriter) -> Part:
-    size = layer.stat().st_size
-    patcher = Patcher(base.read_bytes(), size)
     sha, written = hashlib.sha256(), 0
-    with open(layer, "rb") as f:
-        while chunk := f.read(SAVE_CHUNK):
-            out = patcher.compress(chunk)
-            sha.update(out)
-            w.write(out)
-            written += len(out)
-    out = patcher.flush()
-    sha.update(out)
-    w.write(out)
+    for chunk in patch(base, layer):
+        sha.update(chunk)
+        w.write(chunk)
+        written += len(chunk)
     w.end_frame()
-    return Part("sha256:" + sha.hexdigest(), written + len(out), diff_id, base_id, size)
+    return Part("sha256:" + sha.hexdigest(), written, diff_id, base_id, layer.stat().st_size)
