@@ -97,3 +97,14 @@ def test_a_base_is_used_only_when_it_fits_in_memory_and_the_layer_is_worth_it() 
     assert not usable_base(MAX_BASE + 1, 1 << 20)
     assert not usable_base(10 << 20, MIN_LAYER - 1)
     assert not usable_base(0, 1 << 20)
+
+
+@needs_zstd
+def test_a_delta_that_rebuilds_too_much_is_refused_without_a_hang(tmp_path: Path) -> None:
+    """The rest of zstd's output is drained, so neither side of the pipe blocks."""
+    base, new = layer(0, set()), layer(1, {3}) * 40  # 20 MiB out, pipes hold far less
+    base_file, patch_bytes = delta(tmp_path, base, new)
+    r = Rebuilder(base_file, Buffer(), "sha256:" + hashlib.sha256(new).hexdigest(), 1000)
+    r.write(patch_bytes)
+    with pytest.raises(DeltaMismatch, match="longer than the layer"):
+        r.close()

@@ -85,19 +85,24 @@ class Rebuilder:
         self._reader.start()
 
     def _drain(self) -> None:
+        """Read zstd's output to the end, even after a failure: a zstd blocked on a full
+        pipe would block the writer of its input too."""
         assert self._proc.stdout is not None
-        try:
+        with self._proc.stdout:
             while chunk := self._proc.stdout.read(CHUNK):
-                if self.size + len(chunk) > self.layer_size:
-                    self.failed = "the rebuilt layer is longer than the layer"
-                    break
-                self.sha.update(chunk)
-                self.size += len(chunk)
-                self.out.write(chunk)
-        except Exception as e:  # the upload broke: reported by close()
+                if self.failed is None:
+                    self._take(chunk)
+
+    def _take(self, chunk: bytes) -> None:
+        if self.size + len(chunk) > self.layer_size:
+            self.failed = "the rebuilt layer is longer than the layer"
+            return
+        self.sha.update(chunk)
+        self.size += len(chunk)
+        try:
+            self.out.write(chunk)
+        except Exception as e:  # the upload broke: close() reports it
             self.failed = f"writing the rebuilt layer failed: {e}"
-        finally:
-            self._proc.stdout.close()
 
     def write(self, data: bytes, /) -> None:
         assert self._proc.stdin is not None
