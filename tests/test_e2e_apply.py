@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -22,9 +23,11 @@ from typing import Any
 import docker
 import pytest
 
+from outpost.apply.containers import DockerApplier
 from outpost.apply.runner import site_id
-from outpost.apply.spec import SERVICE, SITE
-from outpost.home import load_home
+from outpost.apply.spec import SERVICE, SITE, container_spec, labels
+from outpost.home import OutpostSettings, load_home
+from outpost.release.config import Service
 from outpost.store.applies import FINAL
 from outpost.store.state import State
 
@@ -328,3 +331,28 @@ def test_bad_releases_fail_with_their_reason_and_the_node_keeps_running(
         assert len(site.containers(outpost_docker, all_=True)) == 1
         assert all(p.poll() is None for p in site.procs), "a process ended"
     site.check_logs()
+
+
+def test_a_container_a_killed_create_left_is_adopted_not_a_conflict(
+        docker_client: docker.DockerClient, services: Services) -> None:
+    """Seen: a node killed during `docker create` (slow on vfs) restarted, created the same
+    container again, got 409 Conflict and rolled back, leaving the first one behind. The
+    container the killed run made (same name, same spec) is taken as this run's."""
+    base = f"outpost-test/adopt-{uuid.uuid4().hex[:8]}:1"
+    busybox_base(docker_client, base)
+    applier = DockerApplier(OutpostSettings(docker=services.docker_host), "adopt-test", "mars",
+                            threading.Event())
+    image_id = docker_client.images.get(base).id
+    spec = container_spec(Service("app", base, ["sleep", "60"]), base, image_id, "adopt-test")
+    left = docker_client.containers.create(base, ["sleep", "60"], name=spec["name"],
+                                           labels=labels(spec, "adopt-test", "mars", "c1"))
+    try:
+        assert applier._create(spec, "c1").id == left.id
+        other = container_spec(Service("app", base, ["sleep", "61"]), base, image_id,
+                               "adopt-test")
+        foreign = {**other, "name": spec["name"]}  # our name, another spec: not ours
+        with pytest.raises(docker.errors.APIError):
+            applier._create(foreign, "c1")
+    finally:
+        left.remove(force=True)
+        docker_client.images.remove(base, force=True)

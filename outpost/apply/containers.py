@@ -174,6 +174,35 @@ class DockerApplier:
         for spec in starting:
             self._start(spec, found.get(spec["hash"]), commit, job)
 
+    def _create(self, spec: dict[str, Any], commit: str) -> Any:
+        try:
+            return self.client.containers.create(
+                spec["image"], spec["command"], name=spec["name"], environment=spec["env"],
+                network_mode=spec["network"], init=spec.get("init", True),
+                labels=labels(spec, self.site, self.node, commit),
+                restart_policy={"Name": "unless-stopped"}, detach=True)
+        except docker.errors.APIError as e:
+            if not _conflict(e):
+                raise
+            found = self._adopt(spec)
+            if found is None:
+                raise
+            return found
+
+    def _adopt(self, spec: dict[str, Any], wait: float = 120.0) -> Any:
+        """The container of this very spec that a node killed during `docker create` left
+        to the daemon: its name is taken at once, the container shows only once its root
+        is made (seconds on vfs). None when the name is someone else's."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not self.stop.is_set():
+            try:
+                found = self.client.containers.get(spec["name"])
+            except docker.errors.NotFound:
+                time.sleep(0.2)
+                continue
+            return found if found.labels.get(SPEC) == spec["hash"] else None
+        return None
+
     def _check_ports(self, spec: dict[str, Any]) -> None:
         for port in spec["ports"]:
             number, proto = parse_port(port)
@@ -186,12 +215,7 @@ class DockerApplier:
         name = spec["service"]
         try:
             if container is None:
-                container = self.client.containers.create(
-                    spec["image"], spec["command"], name=spec["name"],
-                    environment=spec["env"], network_mode=spec["network"],
-                    init=spec.get("init", True),
-                    labels=labels(spec, self.site, self.node, commit),
-                    restart_policy={"Name": "unless-stopped"}, detach=True)
+                container = self._create(spec, commit)
             container.start()
         except docker.errors.APIError as e:  # the daemon refused what the release asks
             raise ApplyFailed(f"service {name} does not start: {_explain(e)}",
@@ -199,6 +223,10 @@ class DockerApplier:
         except _DOCKER_FAULTS as e:
             raise DockerError(f"starting {name}: {e}") from None
         job.log.line(f"started {spec['name']} ({name}, {spec['image'].rsplit('/', 1)[-1]})")
+
+
+def _conflict(e: docker.errors.APIError) -> bool:
+    return getattr(e, "status_code", None) == 409
 
 
 class _Probe:
@@ -214,11 +242,23 @@ class _Probe:
             restarts = int(self.container.attrs.get("RestartCount", 0))
             if state.get("Status") == "running" and not restarts:
                 return None
+            if state.get("Status") == "running":
+                state = self._between_runs(state)
             logs = self.container.logs(tail=5).decode(errors="replace").strip()
         what = "keeps restarting" if restarts or state.get("Restarting") else \
             f"is {state.get('Status')}"
         tail = " | ".join(logs.splitlines()[-5:]) or "no output"
         return f"its container {what} (exit code {state.get('ExitCode')}): {tail}"
+
+    def _between_runs(self, state: dict[str, Any], wait: float = 3.0) -> dict[str, Any]:
+        """A restarted container caught running shows its new run's exit code (0): wait a
+        little for it to stop again, so the reason gives the code it really exits with."""
+        deadline = time.monotonic() + wait
+        while state.get("Status") == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self.container.reload()
+            state = self.container.attrs["State"]
+        return state
 
     def check(self, health: Health) -> tuple[bool, str]:
         if health.url:
