@@ -29,6 +29,8 @@ from .receiver import Receiver
 from .sender import Sender, remove_stale_writes
 
 BUSY_TICK = 0.1
+HINT_BATCH = 1000  # hints handled per step, in name order; more waiting: a rescan
+RESCAN_BATCH = 200  # files a rescan handles before it reads the folder again
 HOUSEKEEPING = 60.0
 KEEP_FINISHED = 7 * 86400.0
 RETRY_LOCAL = 30.0
@@ -151,13 +153,20 @@ class Daemon:
         the next step rather than ending the node: the state on disk is the truth.
         """
         try:
+            hints = []
             try:
-                place, arg = self.hints.get(timeout=max(0.0, self._wake() - self.node.clock()))
-                self._hint(place, arg)
-                for _ in range(1000):
-                    self._hint(*self.hints.get_nowait())
+                hints.append(self.hints.get(timeout=max(0.0, self._wake() -
+                                                        self.node.clock())))
+                for _ in range(HINT_BATCH):
+                    hints.append(self.hints.get_nowait())
             except queue.Empty:
                 pass
+            if self.hints.qsize():
+                self._backlog()
+            else:
+                # Name order is priority order: acks and config before bulk fragments.
+                for place, arg in sorted(hints, key=lambda h: (h[0], Path(h[1]).name)):
+                    self._hint(place, arg)
             self.receiver.commit()
             self.tick()
         except (OSError, LocalError) as e:
@@ -207,13 +216,34 @@ class Daemon:
         for peer, ids in self.acks.due(self.node.clock(), force=force):
             self.sender.send_ack(peer, ids)
 
+    def _backlog(self) -> None:
+        """More hints than a batch: files arrive faster than they are handled, so the
+        queue's order (arrival) would keep a config release behind thousands of fragments
+        queued before it. The folder, read in name order, is the truth and the priority."""
+        while True:
+            try:
+                place, arg = self.hints.get_nowait()
+            except queue.Empty:
+                break
+            if place == "outbox":
+                self._hint(place, arg)
+        self.rescan()
+
     def rescan(self) -> None:
-        """The truth behind the hints: every complete file in the inbox, in name order."""
-        for path in bundle_files(self.node.home.inbox):
-            if self.stopping.is_set():
-                return
-            self._handle(path)
-            self.flush_acks()
+        """The truth behind the hints: every complete file in the inbox, in name order,
+        read again every RESCAN_BATCH files so one that came meanwhile with a higher
+        priority goes next."""
+        seen: set[str] = set()
+        while not self.stopping.is_set():
+            batch = [p for p in bundle_files(self.node.home.inbox) if p.name not in seen]
+            if not batch:
+                break
+            for path in batch[:RESCAN_BATCH]:
+                if self.stopping.is_set():
+                    return
+                seen.add(path.name)
+                self._handle(path)
+                self.flush_acks()
         self.receiver.commit()
         self.flush_acks()
 

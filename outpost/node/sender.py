@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -57,6 +58,7 @@ class Sender:
         self.node, self.on_delivered = node, on_delivered
         self._heads: dict[str, Header] = {}
         self._acked_after: dict[str, float] = {}  # per peer: latest take of a unit acked
+        self._deferred: set[str] | None = None  # peers to fill after deferring_fill()
 
     @property
     def settings(self) -> Settings:
@@ -92,8 +94,23 @@ class Sender:
         self.node.state.add_message(msg, units)
         log.info("queued %s %s for %s: %d bytes in %d unit(s)", kind, header.id, peer, msg.size,
                  msg.units)
-        self.fill(peer)
+        if self._deferred is None:
+            self.fill(peer)
+        else:
+            self._deferred.add(peer)
         return msg
+
+    @contextmanager
+    def deferring_fill(self) -> Iterator[None]:
+        """Submit without writing the outbox, then fill it after the block: a publisher
+        holding a lock writes custody only, not thousands of fragments, while others wait."""
+        self._deferred = set()
+        try:
+            yield
+        finally:
+            peers, self._deferred = self._deferred, None
+        for peer in sorted(peers):
+            self.fill(peer)
 
     def fill(self, peer: str) -> None:
         """Move waiting units into the outbox while it holds less than the window."""

@@ -96,9 +96,11 @@ class Earth(Role):
     def _publish_to(self, peer: str, release: Release, client: Engine | None,
                     via_link: bool) -> Sent:
         """One publisher at a time per home (the node answering a sync, `outpost-node
-        publish`): what one is still packing is in custody, hence pending, for the next."""
-        with waiting_lock(self.node.home.path / "publish.lock",
-                          lambda: log.info("another publish is at work; waiting for it")):
+        publish`): what one is still packing is in custody, hence pending, for the next.
+        The outbox is written after the lock is let go."""
+        with self.sender.deferring_fill(), waiting_lock(
+                self.node.home.path / "publish.lock",
+                lambda: log.info("another publish is at work; waiting for it")):
             return self._publish_locked(peer, release, client, via_link)
 
     def _publish_locked(self, peer: str, release: Release, client: Engine | None,
