@@ -26,6 +26,7 @@ Results are printed (JSON with --json) and written to bench/results/delta.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import shutil
@@ -91,7 +92,6 @@ def deps_files() -> dict[str, bytes]:
 
 def layer_tar(ref: str, diff_id: str, dest: Path, env: dict[str, str]) -> Path:
     """The layer `diff_id` of `ref`, as a file (from `docker save`)."""
-    import hashlib
     tar_path = dest / "save.tar"
     docker_save(ref, tar_path, env)
     out = dest / diff_id.replace(":", "-")

@@ -46,7 +46,13 @@ sys.path.insert(0, str(ROOT))
 from bench.procs import BenchError, Processes, log_problems, tool  # noqa: E402
 from bench.releases import git, run, wait_for  # noqa: E402
 from outpost.units import parse_duration  # noqa: E402
-from tests.test_e2e_terraform import AWS, MAIN_TF, MIRROR, lock_file  # noqa: E402
+from tests.test_e2e_terraform import (  # noqa: E402
+    AWS,
+    MAIN_TF,
+    MIRROR,
+    add_setting,
+    write_template,
+)
 
 RESULTS = ROOT / "bench" / "results" / "terraform.json"
 
@@ -61,12 +67,7 @@ class Site:
         self.earth, self.mars = root / "earth", root / "mars"
         self.env = {**os.environ, "CHECKPOINT_DISABLE": "1"}
         self.processes = Processes(self.env)
-        template = root / "template"
-        (template / "tf").mkdir(parents=True)
-        (template / "outpost.toml").write_text(
-            '[apply]\napplier = "terraform"\nworkdir = "tf"\ntimeout = "10m"\n')
-        (template / "tf" / "main.tf").write_text(MAIN_TF.replace("VERSION", "1"))
-        (template / "tf" / ".terraform.lock.hcl").write_text(lock_file(root))
+        template = write_template(root)
         rtt = 2 * parse_duration(args.latency) + 0.5
         sets = ["--set", f"rtt={rtt}s", "--set", f"bandwidth={args.bandwidth}",
                 "--set", "rescan=1s"]
@@ -136,13 +137,6 @@ class Site:
 
     def settled(self) -> bool:
         return not self.cli("status", "--home", str(self.earth))["sending"]
-
-
-def add_setting(home: Path, table: str, lines: str) -> None:
-    toml = home / "node.toml"
-    text, header = toml.read_text(), f"[{table}]\n"
-    toml.write_text(text.replace(header, header + lines + "\n") if header in text
-                    else f"{text}\n{header}{lines}\n")
 
 
 def provider_sizes() -> dict[str, int]:

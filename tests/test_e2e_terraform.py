@@ -75,15 +75,21 @@ def lock_file(folder: Path) -> str:
     return (folder / ".terraform.lock.hcl").read_text()
 
 
+def write_template(root: Path) -> Path:
+    """Earth's first config: the terraform applier on tf/ (version 1), with its lock file."""
+    template = root / "template"
+    (template / "tf").mkdir(parents=True)
+    (template / "outpost.toml").write_text(
+        '[apply]\napplier = "terraform"\nworkdir = "tf"\ntimeout = "10m"\n')
+    (template / "tf" / "main.tf").write_text(MAIN_TF.replace("VERSION", "1"))
+    (template / "tf" / ".terraform.lock.hcl").write_text(lock_file(root))
+    return template
+
+
 class TfSite:
     def __init__(self, root: Path) -> None:
         self.root = root
-        template = root / "template"
-        (template / "tf").mkdir(parents=True)
-        (template / "outpost.toml").write_text(
-            '[apply]\napplier = "terraform"\nworkdir = "tf"\ntimeout = "5m"\n')
-        (template / "tf" / "main.tf").write_text(MAIN_TF.replace("VERSION", "1"))
-        (template / "tf" / ".terraform.lock.hcl").write_text(lock_file(root))
+        template = write_template(root)
         self.earth = init_home(root / "earth", "earth", "earth", SETTINGS, template=template)
         add_setting(self.earth.path, "earth", f'terraform_mirror = "{MIRROR}"')
         self.mars = init_home(root / "mars", "outpost", "mars", SETTINGS)

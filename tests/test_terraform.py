@@ -7,6 +7,7 @@ git mirror, the release put in the mirror and the state as the outpost role woul
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from outpost.apply.loop import apply_by_hand
-from outpost.apply.terraform import JsonLines, summary_text
+from outpost.apply.terraform import JsonLines
+from outpost.cli.applies import summary_text
 from outpost.codec import PartWriter
 from outpost.errors import ConfigError, MalformedBundle, RefusedContent
 from outpost.gateway.providers import install_provider
@@ -28,7 +29,7 @@ from outpost.node.sender import Sender
 from outpost.node.setup import init_home, trust_peer
 from outpost.providers.lockfile import parse_lock
 from outpost.providers.mirror import OutpostMirror, Unpacked, find_package, write_package
-from outpost.providers.package import Provider, ProviderPayload, h1
+from outpost.providers.package import PackageFile, Provider, ProviderPayload, h1
 
 from .helpers import make_pair
 from .procs import running, start_node, tool, wait_for
@@ -186,6 +187,7 @@ class TfOutpost(Outpost):
         with open(self.node.home.path / "node.toml", "a") as f:
             f.write(f'terraform = "{TERRAFORM}"\n')  # into its [outpost] table
         self.node.home = load_home(self.node.home.path)
+        self.settings = self.node.home.outpost
 
     def release(self, main_tf: str, lock: str = "") -> str:  # type: ignore[override]
         tf = self.work / "tf"
@@ -195,10 +197,6 @@ class TfOutpost(Outpost):
         (tf / "main.tf").write_text(main_tf)
         (tf / ".terraform.lock.hcl").write_text(lock)
         return self.push()
-
-    def apply(self, commit: str, trigger: str = "manual") -> dict[str, Any]:
-        return apply_by_hand(self.node, self.node.home.outpost, commit, trigger,
-                             self.lines.append).to_json()
 
     def state(self) -> dict[str, Any]:
         return dict(json.loads((self.node.home.terraform / "state/terraform.tfstate")
@@ -304,9 +302,6 @@ def _fake_package(mirror: Path, provider: Provider) -> Unpacked:
 
 
 def _payload(files: dict[str, bytes], provider: Provider) -> tuple[ProviderPayload, bytes]:
-    import hashlib
-
-    from outpost.providers.package import PackageFile
     entries = [PackageFile(n, len(d), "sha256:" + hashlib.sha256(d).hexdigest(),
                            n.startswith("terraform-provider")) for n, d in files.items()]
     digest = h1([(e.name, e.digest) for e in entries])

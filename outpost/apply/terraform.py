@@ -156,13 +156,3 @@ class JsonLines:
         if isinstance(diagnostic, dict) and diagnostic.get("detail"):
             text += ": " + " ".join(str(diagnostic["detail"]).split())
         return text or None
-
-
-def summary_text(summary: Any) -> str:
-    """"+1 ~0 -0" for the apply's (or else the plan's) change summary."""
-    if not isinstance(summary, dict):
-        return ""
-    counts = summary.get("apply") or summary.get("plan")
-    if not isinstance(counts, dict):
-        return ""
-    return f"+{counts.get('add', 0)} ~{counts.get('change', 0)} -{counts.get('remove', 0)}"

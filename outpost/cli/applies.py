@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 from ..apply.context import Paths
-from ..apply.terraform import summary_text
 from ..node.context import Node
 from ..store.applies import APPLIED, FINAL, WAITING, ApplyStore
 from ..store.releases import ReleaseStore
@@ -129,3 +128,13 @@ def _why(d: dict[str, Any]) -> str:
     """The reason, which names the failing service, cut to fit a line."""
     reason = str(d.get("reason") or "")
     return reason if len(reason) <= 90 else reason[:87] + "..."
+
+
+def summary_text(summary: Any) -> str:
+    """"+1 ~0 -0" for the terraform applier's apply (or else plan) change summary."""
+    if not isinstance(summary, dict):
+        return ""
+    counts = summary.get("apply") or summary.get("plan")
+    if not isinstance(counts, dict):
+        return ""
+    return f"+{counts.get('add', 0)} ~{counts.get('change', 0)} -{counts.get('remove', 0)}"

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import RefusedContent, RegistryError
-from ..images.delta import MAX_BASE, MIN_LAYER, DeltaMismatch, Rebuilder, usable_base
+from ..images.delta import MAX_BASE, DeltaMismatch, Rebuilder
+from ..images.delta import available as delta_available
 from ..images.parts import ImagePayload, Part, PartSplitter, Sink
 from ..node.context import log
 from ..release.manifest import ImageFacts
@@ -106,7 +107,7 @@ class Gateway:
         """A delta's base layer from the registry into a staging file, checked against its
         digest; None when it is not here, too big, or damaged, or zstd is missing."""
         held = self.store.held_layer(digest)
-        if held is None or not usable_base(held[1], MIN_LAYER):
+        if held is None or held[1] > MAX_BASE or not delta_available():
             return None
         dest = staging / f"base-{digest[7:]}"
         try:

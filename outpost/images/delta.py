@@ -24,9 +24,9 @@ import threading
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Protocol
 
 from ..errors import OutpostError
+from .parts import Sink
 
 MAX_BASE = 512 * 1024 * 1024  # bytes of base layer zstd holds, at each end (about 3x in RSS)
 MIN_LAYER = 64 * 1024  # below this a delta saves too little to be worth a base
@@ -38,11 +38,6 @@ class DeltaMismatch(OutpostError):
     """The rebuilt layer is not the one meant: the base the outpost holds is not the one
     Earth used (a damaged blob), or the delta does not decode. The full layer is asked for
     instead."""
-
-
-class Sink(Protocol):
-    def write(self, data: bytes, /) -> object: ...
-    def close(self) -> object: ...
 
 
 def available() -> bool:

@@ -17,10 +17,10 @@ import os
 import stat
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from ..codec import PartWriter
 from ..errors import ConfigError
@@ -46,22 +46,19 @@ class FileEntry:
     executable: bool
 
 
-class Package:
+class Package(Protocol):
     """A provider package found in a mirror: its files, each opened as a stream."""
 
+    where: Path
+
+    def files(self) -> list[FileEntry]: ...
+    def open(self, name: str) -> AbstractContextManager[BinaryIO]: ...
+
+
+class Unpacked:
     def __init__(self, where: Path) -> None:
         self.where = where
 
-    def files(self) -> list[FileEntry]:
-        raise NotImplementedError
-
-    @contextmanager
-    def open(self, name: str) -> Iterator[BinaryIO]:
-        raise NotImplementedError
-        yield  # pragma: no cover
-
-
-class Unpacked(Package):
     def files(self) -> list[FileEntry]:
         out = []
         for path in sorted(self.where.rglob("*")):
@@ -77,7 +74,10 @@ class Unpacked(Package):
             yield f
 
 
-class Packed(Package):
+class Packed:
+    def __init__(self, where: Path) -> None:
+        self.where = where
+
     def files(self) -> list[FileEntry]:
         with zipfile.ZipFile(self.where) as z:
             return [FileEntry(i.filename, i.file_size, bool((i.external_attr >> 16) & 0o111))

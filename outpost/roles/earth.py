@@ -52,9 +52,6 @@ class Earth(Role):
         self.repo = node.home.config_repo
         self.docker_host = node.home.earth.docker
         self.platform = node.home.earth.terraform_platform
-        mirrors = node.home.earth.terraform_mirror
-        self.mirrors = standard_mirrors() if mirrors is None else [
-            node.home.path / m for m in mirrors.split(":") if m]
 
     def handlers(self) -> dict[str, Handler]:
         return {**super().handlers(), "sync": Call(self.on_sync),
@@ -128,9 +125,10 @@ class Earth(Role):
 
     def _send_provider(self, peer: str, provider: Provider, release: str,
                        via_link: bool) -> dict[str, Any]:
-        package = find_package(self.mirrors, provider)
+        mirrors = self._provider_mirrors()
+        package = find_package(mirrors, provider)
         if package is None:
-            where = ", ".join(map(str, self.mirrors)) or "none found"
+            where = ", ".join(map(str, mirrors)) or "none found"
             raise ConfigError(f"{provider} is not in Earth's provider mirror ({where}): fetch "
                               f"it with `terraform providers mirror -platform={self.platform} "
                               "DIR` where there is internet, and set [earth] terraform_mirror")
@@ -141,6 +139,14 @@ class Earth(Role):
                                  priority=BULK, via_link=via_link,
                                  custody={"holds": {PROVIDER: [provider.key]}})
         return _describe(msg, f"provider {provider}")
+
+    def _provider_mirrors(self) -> list[Path]:
+        """[earth] terraform_mirror, or Terraform's own plugin folders (looked up only when
+        a provider is sent, not every time a node or command starts)."""
+        mirrors = self.node.home.earth.terraform_mirror
+        if mirrors is None:
+            return standard_mirrors()
+        return [self.node.home.path / m for m in mirrors.split(":") if m]
 
     def _send_image(self, peer: str, facts: ImageFacts, client: Engine, layers: set[str],
                     release: str | None, via_link: bool = True,
