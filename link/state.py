@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
-from outpost.fsutil import atomic_write_bytes, atomic_writer, fsync_dir
+from outpost.fsutil import atomic_write_bytes, atomic_writer, fsync_path
 
 from .model import Patch, Transfer, apply_patch
 
@@ -336,7 +336,7 @@ def _move(src: Path, dst: Path, before_copy: Callable[[], None] | None = None) -
         if e.errno != errno.EXDEV:
             raise
     else:
-        fsync_dir(dst.parent)
+        fsync_path(dst.parent)
         return "rename"
     if before_copy is not None:
         before_copy()

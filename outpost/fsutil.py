@@ -16,7 +16,8 @@ from .errors import NotRegularFile
 PART = ".part"
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a directory (its entries: a rename in it) or a file, by its path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -41,7 +42,7 @@ def atomic_writer(path: Path, *, mode: int | None = None) -> Iterator[BinaryIO]:
         os.fsync(f.fileno())
         f.close()
         os.replace(part, path)
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
     except BaseException:
         f.close()
         part.unlink(missing_ok=True)
@@ -92,7 +93,7 @@ def publish(part: Path, final: Path) -> Path:
             n += 1
             candidate = final.with_name(f"{final.name}.{n}")
     os.unlink(part)
-    fsync_dir(final.parent)
+    fsync_path(final.parent)
     return candidate
 
 

@@ -30,6 +30,7 @@ from .units import parse_address, parse_duration, parse_size
 ROLES = ("earth", "outpost")
 PUBKEY_PREFIX = "outpost-ed25519"
 APPLY_MODES = ("auto", "manual")
+FEC_MODES = ("auto", "on", "off")
 T = TypeVar("T")
 
 
@@ -53,6 +54,25 @@ class Settings:
     max_header: int = 64 * 1024
     quarantine_max: int = 1024**3
     clock_skew: float = 600.0  # how far a peer's clock may be off before its bundles expire
+    # forward error correction (delivery/fec.py): repairs sized from the loss seen on the
+    # link, starting from expected_loss; "auto" adds them where the round trip is at least
+    # fec_min_rtt (a resend round costs more there than repairs), "on" always, "off" never
+    fec: str = "auto"
+    fec_min_rtt: float = 10.0
+    expected_loss: float = 0.0
+    fec_target: float = 0.995  # chance a group rebuilds with no resend
+    fec_max: float = 1.0  # repairs at most this many times a group's data
+
+    def __post_init__(self) -> None:
+        if self.fec not in FEC_MODES:
+            raise ConfigError(f"fec must be one of {', '.join(FEC_MODES)} (got {self.fec!r})")
+        if not 0.0 <= self.expected_loss < 1.0:
+            raise ConfigError(f"expected_loss must be at least 0 and below 1 "
+                              f"(got {self.expected_loss})")
+        if not 0.0 < self.fec_target < 1.0:
+            raise ConfigError(f"fec_target must be between 0 and 1 (got {self.fec_target})")
+        if self.fec_max <= 0:
+            raise ConfigError(f"fec_max must be positive (got {self.fec_max})")
 
     @property
     def rto_cap(self) -> float:
@@ -63,7 +83,7 @@ class Settings:
     def from_table(cls, table: dict[str, Any], where: str = "[delivery]") -> Settings:
         return _typed(cls, table, where,
                       durations={"rtt", "lifetime", "ack_delay", "min_rto", "max_rto", "rescan",
-                                 "clock_skew"},
+                                 "clock_skew", "fec_min_rtt"},
                       sizes={"fragment_size", "max_bundle", "max_header", "quarantine_max",
                              "bandwidth", "outbox_window"})
 

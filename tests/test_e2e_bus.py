@@ -208,6 +208,38 @@ def test_fragments_too_big_for_the_contact_windows_are_cut_until_they_fit(
     assert_clean_log(mars.path)
 
 
+def test_a_transfer_cut_by_contact_gaps_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """Windows of 2 s every 4 s at 1 MiB/s: 6 MiB in 25 fragments spans four windows.
+    Each window carries on where the last stopped: no fragment crosses twice (the node
+    takes an outbox the link stopped taking from for a gap, not a loss, so it resends
+    nothing), and the file arrives whole."""
+    earth, mars = make_pair(tmp_path, **NODE_SETTINGS, fragment_size="256k", bandwidth="1M")
+    plan = tmp_path / "plan.txt"
+    plan.write_text("0s 2s\nrepeat 4s\n")
+    link = start_link(earth.path, mars.path, tmp_path / "link", "--latency", "100ms",
+                      "--bandwidth", "1M", "--contact-plan", str(plan))
+    data = tmp_path / "big.bin"
+    digest = random_file(data, 6 << 20)
+    procs = [link, start_node(earth.path, "earth"), start_node(mars.path, "outpost")]
+    with running(*procs):
+        node = open_node(load_home(earth.path))
+        with open(data, "rb") as f:
+            msg = Sender(node).submit("mars", "file", f, meta={"name": "big.bin"})
+        node.state.close()
+        wait_for(lambda: (mars.received / "earth" / "big.bin").exists(), 90,
+                 "6 MiB through four contact windows")
+        assert sha_of(mars.received / "earth" / "big.bin") == digest
+        wait_for(lambda: no_custody_left(earth), 30, "earth's custody released")
+    stats = json.loads((tmp_path / "link-stats.json").read_text())
+    log = (earth.path / "node.log").read_text()
+    assert "resending" not in log, [x for x in log.splitlines() if "resending" in x][:5]
+    assert stats["a->b"]["offered"]["count"] == msg.units, stats["a->b"]
+    assert stats["a->b"]["held"]["count"] >= 1, "no transfer was cut by a window closing"
+    assert log.count(f"{msg.id} delivered") == 1
+    assert_clean_log(earth.path)
+    assert_clean_log(mars.path)
+
+
 def test_an_exported_message_imported_by_hand_leaves_custody_once_acked(
         tmp_path: Path, homes: tuple[Home, Home]) -> None:
     """Removable media one way, the link the other: the outpost's ack of the whole message

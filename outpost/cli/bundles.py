@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def describe(ins: Inspection, now: float) -> dict[str, Any]:
             "priority": PRIORITY_NAMES.get(h.priority, str(h.priority)),
             "created": h.created, "expires": h.expires, "age": now - h.created,
             "expires_in": h.expires - now, "reply_to": h.reply_to,
-            "fragment": None if h.fragment is None else vars(h.fragment),
+            "fragment": None if h.fragment is None else asdict(h.fragment),
             "payload": {"codec": h.payload.codec, "length": h.payload.length,
                         "raw_length": h.payload.raw_length,
                         "sha256": h.payload.sha256.hex()},
@@ -117,6 +118,11 @@ def show(file: Path, home: Path | None, as_json: bool) -> None:
         f = r["fragment"]
         click.echo(f"{'fragment':>12}: {f['index'] + 1} of {f['count']} of {f['parent']} "
                    f"(bytes {f['offset']}+ of {f['total']})")
+        if f.get("repair"):
+            rep = f["repair"]
+            click.echo(f"{'repair':>12}: FEC block {rep['j']} of a group of {rep['k']} data + "
+                       f"{rep['m']} repair blocks of {size(rep['block'])} (fragments "
+                       f"{rep['first'] + 1}..{rep['first'] + rep['k']})")
     if r.get("meta"):
         click.echo(f"{'meta':>12}: {r['meta']}")
     verdict = "ok (signature and payload verified)" if r["signature"] == "ok" else (

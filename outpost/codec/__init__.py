@@ -16,6 +16,7 @@ from .files import (
     pack_parts,
     read_payload,
     verify_file,
+    write_block,
     write_fragment,
 )
 from .header import (
@@ -27,6 +28,7 @@ from .header import (
     Header,
     Limits,
     Payload,
+    Repair,
     decode_header,
     encode_header,
     new_id,
@@ -35,6 +37,7 @@ from .header import (
 from .wire import (
     MAGIC,
     Keyring,
+    PayloadDecoder,
     PayloadEncoder,
     head_bytes,
     iter_payload,
@@ -57,7 +60,9 @@ __all__ = [
     "Limits",
     "PartWriter",
     "Payload",
+    "PayloadDecoder",
     "PayloadEncoder",
+    "Repair",
     "decode_header",
     "encode_header",
     "fragment_at",
@@ -77,5 +82,6 @@ __all__ = [
     "validate_fragment",
     "verify_file",
     "verify_signature",
+    "write_block",
     "write_fragment",
 ]

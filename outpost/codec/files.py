@@ -132,12 +132,32 @@ def write_fragment(dest: Path, parent_file: Path, frag: Header, seed: bytes) -> 
     assert frag.fragment is not None
     offset, length = frag.fragment.offset, frag.payload.length
     sha = hashlib.sha256()
-    with open(parent_file, "rb") as src:
-        _slice(src, offset, length, sha.update)
-        final = frag.with_payload(Payload("none", length, length, sha.digest()))
-        with atomic_writer(dest) as out:
-            out.write(head_bytes(final, seed))
-            _slice(src, offset, length, out.write)
+    # One read of the slice: the payload goes in behind a head of the same length (the
+    # digest is fixed-size), hashed on the way; the real head is written over it after.
+    draft = head_bytes(frag.with_payload(Payload("none", length, length)), seed)
+
+    def sink(data: bytes) -> None:
+        sha.update(data)
+        out.write(data)
+
+    with open(parent_file, "rb") as src, atomic_writer(dest) as out:
+        out.seek(len(draft))
+        _slice(src, offset, length, sink)
+        final = head_bytes(frag.with_payload(Payload("none", length, length, sha.digest())),
+                           seed)
+        if len(final) != len(draft):
+            raise IntegrityError("a fragment's head changed length with its digest")
+        out.seek(0)
+        out.write(final)
+
+
+def write_block(dest: Path, frag: Header, data: bytes, seed: bytes) -> None:
+    """Write a fragment whose payload is `data` (an FEC repair block) to `dest` atomically."""
+    final = frag.with_payload(Payload("none", len(data), len(data),
+                                      hashlib.sha256(data).digest()))
+    with atomic_writer(dest) as out:
+        out.write(head_bytes(final, seed))
+        out.write(data)
 
 
 def _slice(f: BinaryIO, offset: int, length: int, sink: Callable[[bytes], object]) -> None:

@@ -37,12 +37,26 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Repair:
+    """A repair fragment's place in its FEC group (delivery/fec.py): the group's data
+    blocks are fragments `first`..`first + k - 1` from the fragment's offset on, `block`
+    bytes each; this is repair `j` (k <= j < k + m), as long as a block."""
+
+    first: int
+    k: int
+    m: int
+    j: int
+    block: int
+
+
+@dataclass(frozen=True)
 class Fragment:
     parent: str
     index: int
     count: int
     offset: int
     total: int
+    repair: Repair | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,10 @@ def to_wire(h: Header) -> dict[str, Any]:
         f = h.fragment
         frag = {"parent": f.parent, "index": f.index, "count": f.count,
                 "offset": f.offset, "total": f.total}
+        if f.repair is not None:
+            r = f.repair
+            frag["repair"] = {"first": r.first, "k": r.k, "m": r.m, "j": r.j,
+                              "block": r.block}
     p = h.payload
     return {
         "id": h.id, "kind": h.kind, "src": h.src, "dst": h.dst,
@@ -168,7 +186,15 @@ def _fragment(f: Any) -> Fragment:
         count=_typed(f["count"], int, "fragment.count"),
         offset=_typed(f["offset"], int, "fragment.offset"),
         total=_typed(f["total"], int, "fragment.total"),
+        repair=_repair(f["repair"]) if "repair" in f else None,
     )
+
+
+def _repair(r: Any) -> Repair:
+    if not isinstance(r, dict):
+        raise MalformedBundle("fragment.repair is not a map", reason="bad-header")
+    return Repair(*(_typed(r[name], int, f"fragment.repair.{name}")
+                    for name in ("first", "k", "m", "j", "block")))
 
 
 def _typed(value: Any, kind: type, name: str) -> Any:
@@ -237,3 +263,18 @@ def validate_fragment(f: Fragment, length: int, limits: Limits) -> None:
         raise MalformedBundle("fragment index or offset out of range", reason="bad-fragment")
     if not _ID.match(f.parent):
         raise MalformedBundle(f"bad fragment parent {f.parent!r}", reason="bad-fragment")
+    if f.repair is not None:
+        _validate_repair(f, f.repair, length)
+
+
+MAX_SHARES = 256  # an FEC group's data and repair blocks together (GF(2^8))
+
+
+def _validate_repair(f: Fragment, r: Repair, length: int) -> None:
+    """A repair fragment names a group that fits its bundle: every data block starts
+    inside it, the group fits the field, and its own index is the one its number says."""
+    ok = (r.k >= 1 and r.m >= 1 and r.k + r.m <= MAX_SHARES and r.k <= r.j < r.k + r.m
+          and r.block == length > 0 and r.first >= 0 and f.index == r.first + r.j
+          and r.first + r.k + r.m <= f.count and f.offset + (r.k - 1) * r.block < f.total)
+    if not ok:
+        raise MalformedBundle("repair fragment names an impossible group", reason="bad-fragment")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterator, Mapping
-from typing import BinaryIO, cast
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, BinaryIO, cast
 
 import nacl.exceptions
 import nacl.signing
@@ -155,15 +155,72 @@ def _unzstd(source: _HashedSource, p: Payload, chunk: int) -> Iterator[bytes]:
             raise IntegrityError(f"payload is not valid zstd: {e}", reason="bad-zstd") from None
         if not data:
             break
-        produced += len(data)
-        if produced > p.raw_length:
-            raise LimitExceeded(
-                f"payload decompresses past its declared {p.raw_length} bytes (zstd bomb?)",
-                reason="zstd-bomb")
+        produced = _no_bomb(produced + len(data), p)
         yield data
+    _whole_length(produced, p)
+
+
+def _no_bomb(produced: int, p: Payload) -> int:
+    if produced > p.raw_length:
+        raise LimitExceeded(f"payload decompresses past its declared {p.raw_length} bytes "
+                            "(zstd bomb?)", reason="zstd-bomb")
+    return produced
+
+
+def _whole_length(produced: int, p: Payload) -> None:
     if produced != p.raw_length:
         raise IntegrityError(f"payload decompresses to {produced} bytes, header says "
                              f"{p.raw_length}")
+
+
+class PayloadDecoder:
+    """Wire payload bytes in, raw bytes out to `sink`, pushed as they arrive (the twin of
+    iter_payload for a payload that comes piece by piece, fragments in order, say).
+    `finish()` checks length and sha256 against the signed header; until then the sink's
+    bytes are unverified and must be staged. Memory is bounded: zstd writes its output to
+    the sink in pieces of CHUNK, and decompressing past `raw_length` stops at once."""
+
+    def __init__(self, payload: Payload, sink: Callable[[bytes], object]) -> None:
+        self.payload, self._sink = payload, sink
+        self.sha, self.length, self.produced = hashlib.sha256(), 0, 0
+        self._writer: Any = None
+        if payload.codec != "none":
+            self._writer = zstandard.ZstdDecompressor().stream_writer(
+                cast(BinaryIO, _Out(self._emit)), write_size=CHUNK, write_return_read=True)
+
+    def feed(self, data: bytes) -> None:
+        if self.length + len(data) > self.payload.length:
+            raise MalformedBundle("bytes after the end of the payload", reason="trailing-bytes")
+        self.length += len(data)
+        self.sha.update(data)
+        if self._writer is None:
+            self._emit(data)
+            return
+        try:
+            self._writer.write(data)
+        except zstandard.ZstdError as e:
+            raise IntegrityError(f"payload is not valid zstd: {e}", reason="bad-zstd") from None
+
+    def _emit(self, raw: bytes) -> None:
+        self.produced = _no_bomb(self.produced + len(raw), self.payload)
+        self._sink(raw)
+
+    def finish(self) -> None:
+        if self.length != self.payload.length:
+            raise TruncatedBundle(f"payload ends {self.payload.length - self.length} bytes "
+                                  "early")
+        if self.sha.digest() != self.payload.sha256:
+            raise IntegrityError("payload sha256 differs from the signed header")
+        _whole_length(self.produced, self.payload)
+
+
+class _Out:
+    def __init__(self, emit: Callable[[bytes], None]) -> None:
+        self.write_to = emit
+
+    def write(self, data: bytes) -> int:
+        self.write_to(bytes(data))
+        return len(data)
 
 
 class PayloadEncoder:

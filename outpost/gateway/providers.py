@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import RefusedContent
-from ..fsutil import fsync_dir
+from ..fsutil import fsync_path
 from ..images.parts import Part, PartSplitter, Sink
 from ..providers.mirror import OutpostMirror
 from ..providers.package import ProviderPayload
@@ -62,9 +62,9 @@ def _stage(payload: ProviderPayload, read: Read, staging: Path) -> None:
 def _place(final: Path, staging: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     for folder in {p.parent for p in staging.rglob("*")} | {staging}:
-        fsync_dir(folder)
+        fsync_path(folder)
     os.rename(staging, final)
-    fsync_dir(final.parent)
+    fsync_path(final.parent)
 
 
 class _SyncedFile:

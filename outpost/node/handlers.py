@@ -23,6 +23,37 @@ class Handler(Protocol):
     def prepare(self, node: Node, header: Header, path: Path) -> Renames: ...
 
 
+class Sink(Protocol):
+    """Where a handler that streams takes a payload as it arrives (node/stream.py): raw
+    bytes, not yet verified; `finish` once they are, `abort` if they are not."""
+
+    def write(self, raw: bytes) -> None: ...
+    def finish(self) -> Renames: ...
+    def abort(self) -> None: ...
+
+
+class PartSink:
+    """A payload staged in a hidden `.part` file, fsynced when finished."""
+
+    def __init__(self, part: Path, final: Path) -> None:
+        part.parent.mkdir(parents=True, exist_ok=True)
+        self.part, self.final = part, final
+        self._out = open(part, "wb")  # noqa: SIM115 - closed by finish or abort
+
+    def write(self, raw: bytes) -> None:
+        self._out.write(raw)
+
+    def finish(self) -> Renames:
+        self._out.flush()
+        os.fsync(self._out.fileno())
+        self._out.close()
+        return [(str(self.part), str(self.final))]
+
+    def abort(self) -> None:
+        self._out.close()
+        self.part.unlink(missing_ok=True)
+
+
 MAX_NAME_BYTES = 240  # leaves room for a ".<n>" suffix within a filesystem's 255 bytes
 
 
@@ -74,16 +105,26 @@ class FileHandler:
     """`outpost-node send`: the payload lands in received/<src>/<name>."""
 
     def prepare(self, node: Node, header: Header, path: Path) -> Renames:
+        part, final = self._places(node, header)
+        stream_to_part(node, path, part)
+        return [(str(part), str(final))]
+
+    def open_stream(self, node: Node, header: Header) -> Sink:
+        return PartSink(*self._places(node, header))
+
+    @staticmethod
+    def _places(node: Node, header: Header) -> tuple[Path, Path]:
         name = safe_name(header.meta.get("name"), header.id)
         folder = node.home.received / header.src
-        part = folder / f".{header.id}.part"  # short, whatever the name: see MAX_NAME_BYTES
-        stream_to_part(node, path, part)
-        return [(str(part), str(folder / name))]
+        # the part's name is short, whatever the name: see MAX_NAME_BYTES
+        return folder / f".{header.id}.part", folder / name
 
 
-def ack_lists(header: Header) -> tuple[list[str], list[str]]:
-    """(ids acknowledged, ids of bundles the peer lost and wants again) of an ack."""
-    return _ids(header.meta.get("ids")), _ids(header.meta.get("lost", []))
+def ack_lists(header: Header) -> tuple[list[str], list[str], list[str]]:
+    """(ids acknowledged, ids of bundles the peer lost and wants again, ids it rebuilt
+    from FEC repairs) of an ack."""
+    return (_ids(header.meta.get("ids")), _ids(header.meta.get("lost", [])),
+            _ids(header.meta.get("recovered", [])))
 
 
 def _ids(value: object) -> list[str]:

@@ -11,11 +11,12 @@ again.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 from ..codec import Header, open_verified, read_payload, validate_fragment
-from ..delivery import AckBatcher
+from ..delivery import AckBatcher, fec
 from ..errors import (
     BundleError,
     ExpiredBundle,
@@ -24,12 +25,13 @@ from ..errors import (
     MisaddressedBundle,
     RefusedContent,
 )
-from ..fsutil import open_regular, publish
+from ..fsutil import fsync_path, open_regular, publish
 from ..store.spool import quarantine
 from ..store.state import Part
 from .context import Node, log
 from .handlers import Handler, Renames, ack_lists
 from .sender import Sender
+from .stream import MAX_STREAMS, Stream, contiguous
 
 SETTLE = 2.0
 COMMIT_BATCH = 64
@@ -44,6 +46,7 @@ class Receiver:
         self._stored: list[tuple[Path, Header]] = []
         self._stored_keys: set[tuple[str, str, int]] = set()
         self._changing: dict[str, tuple[int, int, float]] = {}  # name -> size, mtime, since
+        self._streams: dict[tuple[str, str], Stream] = {}  # reassemblies decoded as they come
 
     def handle(self, path: Path) -> None:
         """Handle one file from the inbox; a bad one is quarantined, never raised."""
@@ -52,8 +55,8 @@ class Receiver:
             if header.fragment is not None:
                 self._fragment(path, header)
             elif header.kind == "ack":
-                ids, lost = ack_lists(header)
-                self.sender.on_ack(header.src, ids, lost)
+                ids, lost, recovered = ack_lists(header)
+                self.sender.on_ack(header.src, ids, lost, recovered)
                 path.unlink(missing_ok=True)
             else:
                 self._whole(path, header, ack=True)
@@ -129,7 +132,9 @@ class Receiver:
             self.quarantine(path, err)
             return
         try:
-            renames = handler.prepare(self.node, header, path)
+            renames = self._streamed(header, path)
+            if renames is None:
+                renames = handler.prepare(self.node, header, path)
         except RefusedContent as e:
             # Intact but refused for good: remember and ack it (resending cannot help),
             # keep it for a person, and let the role tell the sender.
@@ -194,6 +199,12 @@ class Receiver:
         if row is not None and not target.exists():
             self._lost(header.src, frag.parent, "its reassembly file vanished")
         fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
+        if frag.repair is not None:
+            # kept beside the reassembly until its group is rebuilt or whole
+            os.close(fd)
+            with open(self._repair_path(header.src, frag.parent, frag.index), "wb") as out:
+                read_payload(path, self.node.state.keyring(), self.node.limits, out.write)
+            return
         with os.fdopen(fd, "r+b") as out:
             out.seek(frag.offset)
             read_payload(path, self.node.state.keyring(), self.node.limits, out.write)
@@ -207,20 +218,21 @@ class Receiver:
         batch, self._stored = self._stored, []
         self._stored_keys.clear()
         parents = {(h.src, h.fragment.parent) for _, h in batch if h.fragment}
-        for src, parent in parents:
-            fd = os.open(self.reasm_path(src, parent), os.O_RDONLY)
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
+        written = {self._written(h) for _, h in batch}
+        for target in written:
+            fsync_path(target)
         now = self.node.clock()
         self.node.state.add_parts([
             Part(h.src, h.fragment.parent, h.fragment.index, h.fragment.offset,
-                 h.payload.length, h.kind, h.fragment.total, h.fragment.count, h.expires)
+                 h.payload.length, h.kind, h.fragment.total, h.fragment.count, h.expires,
+                 h.fragment.repair)
             for _, h in batch if h.fragment], now)
         for path, h in batch:
             self.acks.add(h.src, h.id, now)
             path.unlink(missing_ok=True)
+        for src, parent in parents:
+            if not self._whole_here(src, parent):
+                self._rebuild(src, parent, now)
         full = [(src, parent) for src, parent in parents if self._whole_here(src, parent)]
         if full:
             # Ack the last fragments before the (long) verification of the whole bundle,
@@ -229,6 +241,108 @@ class Receiver:
                 self.sender.send_ack(peer, ids)
         for src, parent in full:
             self.complete(src, parent)
+        for src, parent in parents - set(full):
+            self._stream(src, parent)
+
+    def _stream(self, src: str, parent: str) -> None:
+        """Decode what is complete of a reassembly from its first byte (node/stream.py)."""
+        stream = self._streams.get((src, parent))
+        if stream is None:
+            if sum(not s.failed for s in self._streams.values()) >= MAX_STREAMS:
+                return
+            stream = self._streams[(src, parent)] = Stream(self.reasm_path(src, parent), src,
+                                                           parent)
+        stream.advance(contiguous(self.node.state.part_ranges(src, parent)), self.node,
+                       self.handlers)
+
+    def _streamed(self, header: Header, path: Path) -> Renames | None:
+        """The staged delivery of a reassembly decoded while it arrived, if it was."""
+        stream = self._streams.pop((header.src, header.id), None)
+        if stream is None or path != stream.path:
+            if stream is not None:
+                stream.abort()
+            return None
+        size = path.stat().st_size
+        stream.advance(size, self.node, self.handlers)
+        renames = stream.result(size)
+        if renames is not None:
+            log.debug("%s %s from %s was decoded as it arrived", header.kind, header.id,
+                      header.src)
+        return renames
+
+    def _written(self, h: Header) -> Path:
+        assert h.fragment is not None
+        if h.fragment.repair is not None:
+            return self._repair_path(h.src, h.fragment.parent, h.fragment.index)
+        return self.reasm_path(h.src, h.fragment.parent)
+
+    def _rebuild(self, src: str, parent: str, now: float) -> None:
+        """Rebuild the data blocks of each FEC group that has enough blocks, write them
+        into the reassembly durably, record them and ack them as rebuilt (the sender
+        then resends none of them, and counts them as lost for its estimate)."""
+        repairs = self.node.state.repairs(src, parent)
+        row = self.node.state.reasm(src, parent)
+        if not repairs or row is None:
+            return
+        ranges = self.node.state.part_ranges(src, parent)
+        groups: dict[tuple[int, int, fec.Group], list[int]] = {}
+        for idx, start, r in repairs:
+            group = fec.Group(r.first, start, r.k, r.m)
+            groups.setdefault((r.block, start, group), []).append(idx)
+        rebuilt: list[Part] = []
+        for (block, _, group), held in groups.items():
+            missing = fec.missing_blocks(ranges, group, block, row["total"])
+            if missing and len(held) >= len(missing):
+                try:
+                    rebuilt += self._rebuild_group(src, parent, row, group, block, missing,
+                                                   held)
+                except OSError as e:  # resends still bring what was not rebuilt
+                    log.error("cannot rebuild %s from %s from its repairs: %s", parent, src, e)
+        if not rebuilt:
+            return
+        fsync_path(self.reasm_path(src, parent))
+        self.node.state.add_parts(rebuilt, now)
+        ids = [f"{parent}.{p.idx}" for p in rebuilt]
+        for unit_id in ids:
+            self.acks.add(src, unit_id, now)
+        self.sender.send_ack(src, ids, recovered=ids)
+        log.info("rebuilt %d fragment(s) of %s from %s from FEC repairs", len(ids), parent,
+                 src)
+
+    def _rebuild_group(self, src: str, parent: str, row: sqlite3.Row, group: fec.Group,
+                       block: int, missing: list[int], held: list[int]) -> list[Part]:
+        total, target = row["total"], self.reasm_path(src, parent)
+        have: dict[int, bytes] = {}
+        with open(target, "r+b") as f:
+            for i in range(group.k):
+                if i not in missing:
+                    f.seek(group.start + i * block)
+                    have[i] = f.read(block)
+            for idx in held[:len(missing)]:
+                have[idx - group.first] = self._repair_path(src, parent, idx).read_bytes()
+            data = fec.decode(have, group.k, group.m, block)
+            parts = []
+            for i in missing:
+                offset = group.start + i * block
+                length = min(block, total - offset)
+                f.seek(offset)
+                f.write(data[i][:length])
+                parts.append(Part(src, parent, group.first + i, offset, length, row["kind"],
+                                  total, row["count"], row["expires"]))
+        return parts
+
+    def _repair_path(self, src: str, parent: str, index: int) -> Path:
+        return self.node.home.reasm / f"{src}.{parent}.opb.r{index}"
+
+    def _drop(self, src: str, parent: str) -> None:
+        """Forget a reassembly: its file, its repair blocks, its stream and its records."""
+        stream = self._streams.pop((src, parent), None)
+        if stream is not None:
+            stream.abort()
+        self.reasm_path(src, parent).unlink(missing_ok=True)
+        for idx, _, _ in self.node.state.repairs(src, parent):
+            self._repair_path(src, parent, idx).unlink(missing_ok=True)
+        self.node.state.drop_reasm(src, parent)
 
     def _whole_here(self, src: str, parent: str) -> bool:
         row = self.node.state.reasm(src, parent)
@@ -264,14 +378,13 @@ class Receiver:
         except (LocalError, OSError) as e:
             log.error("cannot deliver %s from %s yet, will retry: %s", parent, src, e)
             return
-        self.node.state.drop_reasm(src, parent)
+        self._drop(src, parent)
 
     def _lost(self, src: str, parent: str, why: str) -> None:
         """Forget a broken reassembly and ask the sender for all of it again."""
         log.warning("reassembly of %s from %s is lost (%s): asking for it again", parent, src,
                     why)
-        self.reasm_path(src, parent).unlink(missing_ok=True)
-        self.node.state.drop_reasm(src, parent)
+        self._drop(src, parent)
         self.sender.send_ack(src, [], lost=[parent])
 
     def retry_complete(self) -> None:
@@ -289,6 +402,8 @@ class Receiver:
                 # kept by an older version, which did not record where fragments go
                 (self.node.home.reasm / f"{row['parent']}.opb").unlink(missing_ok=True)
                 self._lost(row["src"], row["parent"], "kept by an older version")
+            elif row["received"] < row["total"]:
+                self._rebuild(row["src"], row["parent"], self.node.clock())
         self.retry_complete()
 
     def expire_reassemblies(self) -> None:
@@ -297,5 +412,4 @@ class Receiver:
             if row["expires"] + self.node.home.settings.clock_skew <= now:
                 log.warning("reassembly of %s from %s expired with %d of %d fragments",
                             row["parent"], row["src"], row["received"], row["count"])
-                self.reasm_path(row["src"], row["parent"]).unlink(missing_ok=True)
-                self.node.state.drop_reasm(row["src"], row["parent"])
+                self._drop(row["src"], row["parent"])

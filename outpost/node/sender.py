@@ -16,6 +16,7 @@ from ..codec import (
     NORMAL,
     Header,
     Limits,
+    Repair,
     fragment_at,
     fragment_count,
     new_id,
@@ -23,10 +24,11 @@ from ..codec import (
     pack_file,
     pack_parts,
     read_head,
+    write_block,
     write_fragment,
 )
 from ..codec.files import Fill, Progress
-from ..delivery import peer_alive, resend_now, retry_delay, too_big
+from ..delivery import fec, peer_alive, resend_now, retry_delay, too_big
 from ..errors import ConfigError
 from ..fsutil import atomic_write_bytes, atomic_writer
 from ..home import Settings
@@ -59,6 +61,10 @@ class Sender:
         self._heads: dict[str, Header] = {}
         self._acked_after: dict[str, float] = {}  # per peer: latest take of a unit acked
         self._deferred: set[str] | None = None  # peers to fill after deferring_fill()
+        self._layouts: dict[str, fec.Layout | None] = {}
+        self._stalled: dict[str, float] = {}  # per peer: the outbox waits, nothing taken since
+        self._moved: dict[str, float] = {}  # per peer: when the link took again after a stall
+        self._repairs: tuple[tuple[str, int], list[bytes]] | None = None  # last group's
 
     @property
     def settings(self) -> Settings:
@@ -88,7 +94,8 @@ class Sender:
         else:
             pack_parts(path, header, fill, self.node.seed, codec=codec, level=s.zstd_level,
                        progress=progress)
-        msg, units = custody_message(header, path, s.fragment_size, custody)
+        layout = self._plan(peer, path.stat().st_size) if via_link else None
+        msg, units = custody_message(header, path, s.fragment_size, custody, layout)
         if not via_link:
             units = [replace(u, state=CARRIED) for u in units]
         self.node.state.add_message(msg, units)
@@ -99,6 +106,27 @@ class Sender:
         else:
             self._deferred.add(peer)
         return msg
+
+    def _plan(self, peer: str, size: int) -> fec.Layout | None:
+        """Repairs for a message of `size` bytes, as many as the link's loss calls for."""
+        s = self.settings
+        if s.fec == "off" or (s.fec == "auto" and
+                              self.node.state.rtt(peer, s.rtt).srtt < s.fec_min_rtt):
+            return None
+        loss = self.node.state.loss(peer, s.expected_loss).rate
+        return fec.plan(size, s.fragment_size, loss, s.fec_target, s.fec_max)
+
+    def layout(self, msg: Message) -> fec.Layout | None:
+        if msg.id not in self._layouts:
+            self._layouts[msg.id] = fec.Layout.from_meta(msg.meta.get("fec"))
+        return self._layouts[msg.id]
+
+    def _extra(self, msg: Message, unit: Unit) -> bool:
+        """A repair or a copy: sent once, never waited for (resends cover the data)."""
+        layout = self.layout(msg)
+        if layout is None:
+            return False
+        return unit.idx < -1 if unit.idx < 0 else layout.is_repair(unit.idx)
 
     @contextmanager
     def deferring_fill(self) -> Iterator[None]:
@@ -139,6 +167,8 @@ class Sender:
             if unit.idx < 0:
                 with open(custody, "rb") as src, atomic_writer(hidden) as out:
                     shutil.copyfileobj(src, out, 1024 * 1024)
+            elif self._extra(msg, unit):
+                self._write_repair(hidden, msg, unit)
             else:
                 frag = fragment_at(self._head(msg), unit.idx, max(msg.units, unit.idx + 1),
                                    unit.offset, unit.size, msg.size)
@@ -152,6 +182,26 @@ class Sender:
         os.replace(hidden, dest)
         if unit.attempts:
             log.info("resending %s to %s (attempt %d)", unit.id, unit.peer, unit.attempts + 1)
+
+    def _write_repair(self, dest: Path, msg: Message, unit: Unit) -> None:
+        """Write repair fragment `unit`, encoding its group once for all its repairs."""
+        layout = self.layout(msg)
+        assert layout is not None
+        group = layout.group_of(unit.idx)
+        assert group is not None
+        key = (msg.id, group.first)
+        if self._repairs is None or self._repairs[0] != key:
+            with open(msg.path, "rb") as f:
+                f.seek(group.start)
+                data = [f.read(layout.block) for _ in range(group.k)]
+            self._repairs = (key, fec.encode(data, group.m, layout.block))
+        j = unit.idx - group.first
+        frag = fragment_at(self._head(msg), unit.idx, max(msg.units, unit.idx + 1),
+                           group.start, layout.block, msg.size)
+        assert frag.fragment is not None
+        repair = Repair(group.first, group.k, group.m, j, layout.block)
+        frag = replace(frag, fragment=replace(frag.fragment, repair=repair))
+        write_block(dest, frag, self._repairs[1][j - group.k], self.node.seed)
 
     def _head(self, msg: Message) -> Header:
         if msg.id not in self._heads:
@@ -168,18 +218,52 @@ class Sender:
         outbox = self.node.home.outbox(peer)
         present = names_in(outbox)
         now = self.node.clock()
-        taken = [u for u in self.node.state.units(peer, QUEUED) if u.name not in present
+        queued = self.node.state.units(peer, QUEUED)
+        taken = [u for u in queued if u.name not in present
                  and not being_written(outbox, u.name, present)]
+        self._note_stall(peer, now, waiting=len(queued) > len(taken), took=bool(taken))
         if not taken:
             return
         s = self.settings
         rto = self.node.state.rtt(peer, s.rtt).rto(s.min_rto, s.rto_cap)
         alive = peer_alive(self.node.state.last_ack(peer), now, rto)
-        self.node.state.set_units([
-            (u.id, {"state": FLIGHT, "taken_at": now,
-                    "next_retry": now + retry_delay(rto, u.attempts, s.backoff, s.rto_cap,
-                                                    self._serialisation(u.size), alive)})
-            for u in taken])
+        changes: list[tuple[str, dict[str, Any]]] = []
+        for u in taken:
+            msg = self.node.state.message(u.msg)
+            if msg is not None and self._extra(msg, u):
+                changes.append((u.id, {"state": ACKED, "taken_at": now}))
+                continue
+            wait = self._serialisation(self._behind(msg, u))
+            changes.append((u.id, {"state": FLIGHT, "taken_at": now, "next_retry": now +
+                                   retry_delay(rto, u.attempts, s.backoff, s.rto_cap, wait,
+                                               alive)}))
+        self.node.state.set_units(changes)
+
+    def _note_stall(self, peer: str, now: float, *, waiting: bool, took: bool) -> None:
+        if took and peer in self._stalled:
+            self._moved[peer] = now
+        if took or not waiting:
+            self._stalled.pop(peer, None)
+        if waiting:
+            self._stalled.setdefault(peer, now)
+
+    def link_down(self, peer: str, now: float, rto: float) -> bool:
+        """Taken = sent: an outbox that has files waiting and that the link took nothing
+        from for an RTO (and a fragment's serialisation) means the link is down, a contact
+        gap, say. What is in flight is then not lost but held up with its acks, and a
+        resend would only queue behind it: timers wait for the link to move again."""
+        since = self._stalled.get(peer)
+        slack = rto + self._serialisation(self.settings.fragment_size)
+        return since is not None and now - since >= slack
+
+    def _behind(self, msg: Message | None, unit: Unit) -> int:
+        """Bytes the link sends before the peer can ack `unit`: itself, and in an FEC
+        group the rest of the group with its repairs (it may be rebuilt from those)."""
+        layout = None if msg is None else self.layout(msg)
+        group = None if layout is None or unit.idx < 0 else layout.group_of(unit.idx)
+        if group is None or layout is None:
+            return unit.size
+        return (group.end_index - unit.idx) * layout.block
 
     def _serialisation(self, size: int) -> float:
         bw = self.settings.bandwidth
@@ -192,7 +276,11 @@ class Sender:
         if due:
             s = self.settings
             rto = self.node.state.rtt(peer, s.rtt).rto(s.min_rto, s.rto_cap)
+            if self.link_down(peer, now, rto):
+                due = []
             last_ack, after = self.node.state.last_ack(peer), self._acked_after.get(peer, 0.0)
+            if peer in self._moved:  # the peer's acks were held up by the gap too
+                last_ack = max(last_ack or 0.0, self._moved[peer])
             due = [u for u in due if resend_now(u.taken_at, after, last_ack, now, rto)]
         again = []
         last_ack = self.node.state.last_ack(peer)
@@ -205,6 +293,7 @@ class Sender:
                 again.append(u)
         if again:
             self.node.state.set_units([(u.id, {"state": NEW}) for u in again])
+            self._observe_loss(peer, [True for u in again if self._sampled(u)])
         for msg in self.node.state.awaiting_whole(peer, now):
             self._whole_overdue(msg, now)
 
@@ -262,9 +351,13 @@ class Sender:
         self.node.state.drop_units(msg.id)
         Path(msg.path).unlink(missing_ok=True)
         self._heads.pop(msg.id, None)
+        self._layouts.pop(msg.id, None)
 
-    def on_ack(self, peer: str, ids: list[str], lost: list[str] | tuple[()] = ()) -> None:
-        """Units the peer holds durably, and (`lost`) messages it lost and wants again.
+    def on_ack(self, peer: str, ids: list[str], lost: list[str] | tuple[()] = (),
+               recovered: list[str] | tuple[()] = ()) -> None:
+        """Units the peer holds durably, and (`lost`) messages it lost and wants again;
+        `recovered` names the units among `ids` it rebuilt from FEC repairs (they count as
+        lost on the link, for the loss estimate).
 
         A message is delivered when the peer acks it whole: its own id (a fragmented one's
         id is acked once the peer rebuilt and delivered it). Until then its custody copy
@@ -274,6 +367,9 @@ class Sender:
         # Karn's rule: only a bundle sent once gives an unambiguous round trip.
         self._observe(peer, now, [now - u.taken_at - self._serialisation(u.size) for u in units
                                   if u.state == FLIGHT and u.attempts == 1 and u.taken_at])
+        rebuilt = set(recovered)
+        self._observe_loss(peer, [u.id in rebuilt for u in units
+                                  if u.state == FLIGHT and self._sampled(u)])
         for unit in units:
             if unit.state == QUEUED:
                 (self.node.home.outbox(peer) / unit.name).unlink(missing_ok=True)
@@ -335,6 +431,24 @@ class Sender:
         if rto < old_rto:
             self._shorten_timers(peer, rto)
 
+    def _sampled(self, unit: Unit) -> bool:
+        """Whether a unit's fate tells the link's loss: a first transmission, and not a
+        whole bundle sent with copies (a copy may have stood in for it, unseen)."""
+        if unit.attempts != 1:
+            return False
+        msg = self.node.state.message(unit.msg) if unit.idx < 0 else None
+        layout = None if msg is None else self.layout(msg)
+        return layout is None or layout.copies == 0
+
+    def _observe_loss(self, peer: str, lost: list[bool]) -> None:
+        """First transmissions: arrived (False) or not (True)."""
+        if not lost:
+            return
+        est = self.node.state.loss(peer, self.settings.expected_loss)
+        for sample in lost:
+            est.observe(sample)
+        self.node.state.save_loss(peer, est)
+
     def _shorten_timers(self, peer: str, rto: float) -> None:
         """The round trip came down (a backlog at the peer cleared): bring forward timers set
         under the old estimate, so a bundle lost meanwhile is not waited for needlessly.
@@ -344,20 +458,25 @@ class Sender:
         for u in self.node.state.units(peer, FLIGHT):
             if u.taken_at is None or u.next_retry is None:
                 continue
-            due = u.taken_at + retry_delay(rto, u.attempts, s.backoff, s.rto_cap,
-                                           self._serialisation(u.size), peer_alive=True)
+            wait = self._serialisation(self._behind(self.node.state.message(u.msg), u))
+            due = u.taken_at + retry_delay(rto, u.attempts, s.backoff, s.rto_cap, wait,
+                                           peer_alive=True)
             if due < u.next_retry:
                 changes.append((u.id, {"next_retry": due}))
         if changes:
             self.node.state.set_units(changes)
 
-    def send_ack(self, peer: str, ids: list[str], *, lost: list[str] | None = None) -> None:
+    def send_ack(self, peer: str, ids: list[str], *, lost: list[str] | None = None,
+                 recovered: list[str] | None = None) -> None:
         """Acks are not kept in custody: a lost ack is repaired by the resent bundle.
-        `lost` names messages whose reassembly this node lost (send them again)."""
+        `lost` names messages whose reassembly this node lost (send them again);
+        `recovered` the fragments among `ids` it rebuilt from FEC repairs."""
         now = self.node.clock()
         meta: dict[str, Any] = {"ids": ids}
         if lost:
             meta["lost"] = lost
+        if recovered:
+            meta["recovered"] = recovered
         header = Header(id=new_id(), kind="ack", src=self.node.name, dst=peer, created=now,
                         expires=now + ACK_LIFETIME, priority=EXPEDITED, meta=meta)
         dest = self.node.home.outbox(peer) / outbox_name(RANK_ACK, now, header.id)
@@ -394,20 +513,40 @@ def remove_stale_writes(outbox: Path) -> None:
 
 
 def custody_message(header: Header, path: Path, frag_size: int,
-                    custody: dict[str, Any] | None = None) -> tuple[Message, list[Unit]]:
+                    custody: dict[str, Any] | None = None,
+                    layout: fec.Layout | None = None) -> tuple[Message, list[Unit]]:
     """The custody record of the bundle `header` packed at `path`, and the units it crosses
-    as (a whole bundle, or fragments of `frag_size`), all waiting to go."""
+    as (a whole bundle, or fragments of `frag_size`; with an FEC `layout`, its blocks and
+    repairs, or copies of the whole), all waiting to go."""
     size = path.stat().st_size
+    meta: dict[str, Any] = {"fragment_size": frag_size, **(custody or {})}
+    if layout is not None:
+        meta["fec"] = layout.to_meta()
     msg = Message(id=header.id, peer=header.dst, kind=header.kind, path=str(path), size=size,
                   priority=header.priority, created=header.created, expires=header.expires,
-                  units=fragment_count(size, frag_size), state=SENDING,
-                  meta={"fragment_size": frag_size, **(custody or {})})
+                  units=fragment_count(size, frag_size), state=SENDING, meta=meta)
     r = rank(msg.priority)
-    if msg.units == 1:
-        return msg, [Unit(msg.id, msg.id, -1, msg.peer, msg.size, NEW,
-                          outbox_name(r, msg.created, msg.id), 0, None, None)]
-    return msg, [Unit(f"{msg.id}.{i}", msg.id, i, msg.peer,
-                      min(frag_size, msg.size - i * frag_size), NEW,
-                      outbox_name(r, msg.created, f"{msg.id}.{i}", i), 0, None, None,
-                      i * frag_size)
+
+    def unit(idx: int, offset: int, length: int) -> Unit:
+        uid = f"{msg.id}.{idx}"
+        return Unit(uid, msg.id, idx, msg.peer, length, NEW,
+                    outbox_name(r, msg.created, uid, idx), 0, None, None, offset)
+
+    if layout is not None and layout.groups:
+        units = []
+        for g in layout.groups:
+            for i in range(g.k):
+                offset = g.start + i * layout.block
+                units.append(unit(g.first + i, offset, min(layout.block, size - offset)))
+            units += [unit(g.first + g.k + j, g.start, layout.block) for j in range(g.m)]
+        return replace(msg, units=len(units)), units
+    if msg.units == 1 or layout is not None:
+        copies = 0 if layout is None else layout.copies
+        whole = Unit(msg.id, msg.id, -1, msg.peer, msg.size, NEW,
+                     outbox_name(r, msg.created, msg.id), 0, None, None)
+        return replace(msg, units=1 + copies), [whole] + [
+            replace(whole, id=f"{msg.id}.copy{n}", idx=-2 - n,
+                    name=outbox_name(r, msg.created, f"{msg.id}.copy{n}"))
+            for n in range(copies)]
+    return msg, [unit(i, i * frag_size, min(frag_size, msg.size - i * frag_size))
                  for i in range(msg.units)]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..codec import EXPEDITED, NORMAL
-from ..fsutil import atomic_write_bytes, fsync_dir, is_transient_name
+from ..fsutil import atomic_write_bytes, fsync_path, is_transient_name
 
 SUFFIX = ".opb"
 REASON = ".reason.json"
@@ -68,7 +68,7 @@ def quarantine(directory: Path, path: Path, reason: str, error: str, now: float)
     except OSError:
         target.with_name(target.name + REASON).unlink(missing_ok=True)
         raise
-    fsync_dir(directory)
+    fsync_path(directory)
     return target
 
 

@@ -7,8 +7,10 @@ Tables:
     seen        (sender, id) of what was delivered: duplicates are dropped by these
     seen_floor  per sender, the latest expiry among seen ids pruned: anything expiring
                 before it is a replay, whatever the clock says
-    reasm       reassemblies in progress by (sender, parent), and reasm_parts their fragments
+    reasm       reassemblies in progress by (sender, parent), reasm_parts their fragments
+                and reasm_repairs the FEC repair fragments kept beside them
     rtt         the round-trip estimate per peer
+    loss        the loss rate observed per peer (it sizes FEC)
     clocks      how far each peer's clock seems off from ours (delivery/clock.py)
 
 Ids are unique per sender only, so everything a receiver keeps is keyed by (sender, id).
@@ -25,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..delivery import RttEstimator
+from ..codec import Repair
+from ..delivery import LossEstimator, RttEstimator
 from ..errors import StateError
 
 SCHEMA = """
@@ -54,6 +57,12 @@ CREATE TABLE IF NOT EXISTS reasm (
 CREATE TABLE IF NOT EXISTS reasm_parts (
     src TEXT NOT NULL, parent TEXT NOT NULL, idx INTEGER NOT NULL, offset INTEGER,
     length INTEGER, PRIMARY KEY (src, parent, idx));
+CREATE TABLE IF NOT EXISTS reasm_repairs (
+    src TEXT NOT NULL, parent TEXT NOT NULL, idx INTEGER NOT NULL, offset INTEGER NOT NULL,
+    first INTEGER NOT NULL, k INTEGER NOT NULL, m INTEGER NOT NULL, j INTEGER NOT NULL,
+    block INTEGER NOT NULL, PRIMARY KEY (src, parent, idx));
+CREATE TABLE IF NOT EXISTS loss (
+    peer TEXT PRIMARY KEY, rate REAL NOT NULL, samples INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS clocks (
     peer TEXT PRIMARY KEY, offset REAL NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS rtt (
@@ -377,8 +386,21 @@ class State:
         return self.q("SELECT * FROM reasm ORDER BY started")
 
     def has_part(self, src: str, parent: str, idx: int) -> bool:
-        return bool(self.q("SELECT 1 FROM reasm_parts WHERE src = ? AND parent = ? AND idx = ?",
-                           src, parent, idx))
+        return bool(self.q("SELECT 1 FROM reasm_parts WHERE src = ? AND parent = ? AND idx = ? "
+                           "UNION ALL SELECT 1 FROM reasm_repairs WHERE src = ? AND "
+                           "parent = ? AND idx = ?", src, parent, idx, src, parent, idx))
+
+    def part_ranges(self, src: str, parent: str) -> list[tuple[int, int]]:
+        """(offset, length) of the data fragments held, by offset."""
+        return [(r[0], r[1]) for r in
+                self.q("SELECT offset, length FROM reasm_parts WHERE src = ? AND parent = ? "
+                       "AND offset IS NOT NULL ORDER BY offset", src, parent)]
+
+    def repairs(self, src: str, parent: str) -> list[tuple[int, int, Repair]]:
+        """(index, group start, repair) of the FEC repair fragments held."""
+        return [(r["idx"], r["offset"], Repair(r["first"], r["k"], r["m"], r["j"], r["block"]))
+                for r in self.q("SELECT * FROM reasm_repairs WHERE src = ? AND parent = ? "
+                                "ORDER BY idx", src, parent)]
 
     def add_parts(self, parts: list[Part], now: float) -> None:
         """Record fragments in one go; each reassembly's `received` becomes the bytes its
@@ -390,8 +412,14 @@ class State:
                            (p.src, p.parent, p.kind, p.total, p.count, p.expires, now))
                 db.execute("UPDATE reasm SET count = max(count, ?) WHERE src = ? AND "
                            "parent = ?", (p.count, p.src, p.parent))
-                db.execute("INSERT OR IGNORE INTO reasm_parts VALUES (?,?,?,?,?)",
-                           (p.src, p.parent, p.idx, p.offset, p.length))
+                if p.repair is None:
+                    db.execute("INSERT OR IGNORE INTO reasm_parts VALUES (?,?,?,?,?)",
+                               (p.src, p.parent, p.idx, p.offset, p.length))
+                else:
+                    r = p.repair
+                    db.execute("INSERT OR IGNORE INTO reasm_repairs VALUES (?,?,?,?,?,?,?,?,?)",
+                               (p.src, p.parent, p.idx, p.offset, r.first, r.k, r.m, r.j,
+                                r.block))
             for src, parent in {(p.src, p.parent) for p in parts}:
                 ranges = db.execute("SELECT offset, length FROM reasm_parts WHERE src = ? AND "
                                     "parent = ? AND offset IS NOT NULL ORDER BY offset",
@@ -407,6 +435,7 @@ class State:
     def drop_reasm(self, src: str, parent: str) -> None:
         with self.tx() as db:
             db.execute("DELETE FROM reasm_parts WHERE src = ? AND parent = ?", (src, parent))
+            db.execute("DELETE FROM reasm_repairs WHERE src = ? AND parent = ?", (src, parent))
             db.execute("DELETE FROM reasm WHERE src = ? AND parent = ?", (src, parent))
 
     # rtt
@@ -421,6 +450,17 @@ class State:
         with self.tx() as db:
             db.execute("INSERT OR REPLACE INTO rtt VALUES (?,?,?,?,?)",
                        (peer, est.srtt, est.rttvar, est.samples, last_ack))
+
+    def loss(self, peer: str, expected: float) -> LossEstimator:
+        rows = self.q("SELECT * FROM loss WHERE peer = ?", peer)
+        if not rows:
+            return LossEstimator(rate=expected)
+        return LossEstimator(rate=rows[0]["rate"], samples=rows[0]["samples"])
+
+    def save_loss(self, peer: str, est: LossEstimator) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO loss VALUES (?,?,?)",
+                       (peer, est.rate, est.samples))
 
     def save_clock(self, peer: str, offset: float, now: float) -> None:
         with self.tx() as db:
@@ -448,6 +488,7 @@ class Part:
     total: int
     count: int
     expires: float
+    repair: Repair | None = None  # an FEC repair block, kept beside the reassembly
 
 
 def covered(ranges: list[tuple[int, int]]) -> int:
