@@ -23,7 +23,7 @@ class Handler(Protocol):
     def prepare(self, node: Node, header: Header, path: Path) -> Renames: ...
 
 
-class Sink(Protocol):
+class Staging(Protocol):
     """Where a handler that streams takes a payload as it arrives (node/stream.py): raw
     bytes, not yet verified; `finish` once they are, `abort` if they are not."""
 
@@ -32,7 +32,7 @@ class Sink(Protocol):
     def abort(self) -> None: ...
 
 
-class PartSink:
+class StagingFile:
     """A payload staged in a hidden `.part` file, fsynced when finished."""
 
     def __init__(self, part: Path, final: Path) -> None:
@@ -109,8 +109,8 @@ class FileHandler:
         stream_to_part(node, path, part)
         return [(str(part), str(final))]
 
-    def open_stream(self, node: Node, header: Header) -> Sink:
-        return PartSink(*self._places(node, header))
+    def open_stream(self, node: Node, header: Header) -> Staging:
+        return StagingFile(*self._places(node, header))
 
     @staticmethod
     def _places(node: Node, header: Header) -> tuple[Path, Path]:

@@ -22,7 +22,7 @@ from ..codec import Header, PayloadDecoder, open_verified
 from ..codec.wire import PREFIX, SIG_LEN
 from ..errors import BundleError
 from .context import Node
-from .handlers import Handler, Renames, Sink
+from .handlers import Handler, Renames, Staging
 
 MAX_STREAMS = 4
 READ = 1024 * 1024
@@ -33,7 +33,7 @@ class Stream:
         self.path, self.src, self.parent = path, src, parent
         self.pos = 0  # bytes of the reassembly decoded so far
         self.header: Header | None = None
-        self.sink: Sink | None = None
+        self.staging: Staging | None = None
         self.decoder: PayloadDecoder | None = None
         self.failed = False
 
@@ -57,7 +57,7 @@ class Stream:
             self.abort()
 
     def _start(self, f: BinaryIO, upto: int, node: Node, handlers: dict[str, Handler]) -> bool:
-        """Check the head once it is here and open the handler's sink; False to wait."""
+        """Check the head once it is here and open the handler's staging; False to wait."""
         prefix = f.read(PREFIX.size)
         if len(prefix) < PREFIX.size or upto < PREFIX.size + PREFIX.unpack(prefix)[1] + SIG_LEN:
             return False
@@ -69,13 +69,13 @@ class Stream:
             self.failed = True
             return False
         self.header, self.pos = header, f.tell()
-        self.sink = open_stream(node, header)
-        self.decoder = PayloadDecoder(header.payload, self.sink.write)
+        self.staging = open_stream(node, header)
+        self.decoder = PayloadDecoder(header.payload, self.staging.write)
         return True
 
     def result(self, total: int) -> Renames | None:
         """The staged delivery, once the whole reassembly was decoded and verified."""
-        if self.failed or self.decoder is None or self.sink is None or self.pos != total:
+        if self.failed or self.decoder is None or self.staging is None or self.pos != total:
             self.abort()
             return None
         try:
@@ -83,14 +83,14 @@ class Stream:
         except BundleError:
             self.abort()
             return None
-        renames, self.sink = self.sink.finish(), None
+        renames, self.staging = self.staging.finish(), None
         return renames
 
     def abort(self) -> None:
         self.failed = True
-        if self.sink is not None:
-            self.sink.abort()
-            self.sink = None
+        if self.staging is not None:
+            self.staging.abort()
+            self.staging = None
 
 
 def contiguous(ranges: list[tuple[int, int]]) -> int:
