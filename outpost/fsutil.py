@@ -16,11 +16,15 @@ from .errors import NotRegularFile
 PART = ".part"
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a directory (its entries: a rename in it) or a file, by its path."""
+def fsync_path(path: Path, *, data_only: bool = False) -> None:
+    """fsync a directory (its entries: a rename in it) or a file, by its path;
+    `data_only`: fdatasync (a file's contents and size, not its times)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        if data_only:
+            os.fdatasync(fd)
+        else:
+            os.fsync(fd)
     finally:
         os.close(fd)
 

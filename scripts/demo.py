@@ -237,6 +237,9 @@ def main() -> int:
         f"{docker_host}")
     t0 = time.monotonic()
     try:
+        pages = [wait(f"{h.name}'s status page", lambda h=h: _status_page(h))
+                 for h in (EARTH, OUTPOST)]
+        say(f"status pages (open them now to watch): earth {pages[0]}  outpost {pages[1]}")
         head = git("rev-parse", "HEAD")
         say(f"release 1.0 is commit {head[:12]}; the outpost's start-up sync asks for it")
         follow("1.0", head, port, t0, 0)
@@ -266,6 +269,13 @@ def main() -> int:
     if not ok:
         raise SystemExit("FAILED: the bad release was not rolled back to 1.2")
     return 0
+
+
+def _status_page(home: Path) -> str | None:
+    try:
+        return (home / "http.url").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _earth_heard(commit_id: str) -> dict[str, Any] | None:

@@ -11,12 +11,9 @@ import click
 
 from ..apply.context import Paths
 from ..node.context import Node
-from ..store.applies import APPLIED, FINAL, WAITING, ApplyStore
-from ..store.releases import ReleaseStore
+from ..store.applies import APPLIED
 from .output import age, emit_json, table
 from .releases import HOME, JSON, node_of_role
-
-APPLY_EVENTS = (*FINAL, WAITING)
 
 
 @click.command("apply")
@@ -66,32 +63,6 @@ def _run(node: Node, commit: str, trigger: str, as_json: bool) -> None:
 
 
 apply_commands = [apply_, rollback]
-
-
-def apply_status(node: Node) -> dict[str, Any]:
-    """Earth: each outpost's running release and last apply report. Outpost: the running
-    release, the history of applies and what the active one waits for."""
-    if node.home.role == "earth":
-        store = ReleaseStore(node.state)
-        fleet = {}
-        for peer in node.peers():
-            last = store.last_report(peer, APPLY_EVENTS)
-            detail = last["detail"] if last else {}
-            fleet[peer] = {"running": detail.get("running"), "last_apply": last}
-        return {"fleet": fleet}
-    applies = ApplyStore(node.state)
-    current = applies.current()
-    active = applies.active()
-    return {
-        "running": None if current is None else {
-            "commit": current.commit, "apply": current.apply_id, "since": current.since},
-        "applies": [r.to_json() for r in applies.history(20)],
-        "waiting": None if active is None or active.state != WAITING else {
-            "apply": active.id, "commit": active.commit_id, "images": active.wanted,
-            "requests": active.requests, "next_request": active.next_request,
-            "reason": active.reason},
-        "apply_logs": str(Paths(node.home).logs),
-    }
 
 
 def print_apply_status(info: dict[str, Any]) -> None:

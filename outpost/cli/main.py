@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -10,20 +11,19 @@ from typing import Any
 import click
 
 from ..codec import BULK, EXPEDITED, NORMAL
-from ..delivery import clock_verdict
 from ..errors import BundleError, ConfigError, OutpostError
 from ..fsutil import lock_holder, try_lock
 from ..home import ROLES, is_home, load_home
 from ..node.context import open_node
 from ..node.sender import Sender
 from ..node.setup import init_home, repair_home, trust_peer
-from ..store.spool import bundle_files, read_reason
-from ..store.state import ACKED, FAILED, FLIGHT, SENDING
+from ..report import status_info
+from ..store.state import Message
 from ..units import parse_duration
-from .applies import apply_commands, apply_status, print_apply_status
+from .applies import apply_commands, print_apply_status
 from .bundles import bundles
 from .output import age, emit_json, setup_logging, size, table
-from .releases import print_release_status, release_commands, release_status
+from .releases import print_release_status, release_commands
 
 HOME = click.option("--home", required=True, type=click.Path(path_type=Path),
                     help="The node's home directory.")
@@ -103,13 +103,21 @@ def trust(home: Path, peer: Path) -> None:
 @click.option("--registry", metavar="HOST:PORT",
               help="Outpost: the registry the gateway imports images into.")
 @DOCKER
+@click.option("--http", "http", metavar="HOST:PORT", default="127.0.0.1:0", show_default=True,
+              help="Serve the status page here (port 0: any free port; the URL is written "
+                   "to HOME/http.url). Off loopback, requests need HOME/http.token.")
+@click.option("--no-http", is_flag=True, help="No status page.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every bundle.")
 def start(role: str | None, home: Path, name: str | None, peers: tuple[Path, ...],
-          settings: tuple[str, ...], registry: str | None, docker: str | None,
-          verbose: bool) -> None:
-    """Run the node in the foreground until SIGINT or SIGTERM."""
+          settings: tuple[str, ...], registry: str | None, docker: str | None, http: str,
+          no_http: bool, verbose: bool) -> None:
+    """Run the node in the foreground until SIGINT or SIGTERM.
+
+    Example: outpost-node start --home /srv/mars --http 127.0.0.1:8470
+    """
     from ..node.daemon import Daemon  # the daemon's libraries only where it runs
     from ..roles import make_role
+    from ..web import StatusServer
 
     if role is None:
         if not is_home(home):
@@ -122,7 +130,14 @@ def start(role: str | None, home: Path, name: str | None, peers: tuple[Path, ...
     setup_logging(h.name, h.path / "node.log", verbose)
     daemon = Daemon(open_node(h, check=True))
     daemon.attach(make_role(daemon.node, daemon.sender, registry, docker))
-    daemon.run()
+    server = None if no_http else StatusServer(h, http)
+    if server is not None:
+        logging.getLogger("outpost").info("status page at %s", server.start())
+    try:
+        daemon.run()
+    finally:
+        if server is not None:
+            server.stop()
 
 
 @cli.command()
@@ -163,22 +178,42 @@ def repair(home: Path, as_json: bool) -> None:
 @click.option("--priority", type=click.Choice(list(PRIORITIES)), default="normal")
 @click.option("--lifetime", help="How long the message may take to arrive (e.g. 2h, 7d).")
 @click.option("--json", "as_json", is_flag=True)
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def send(home: Path, peer: str, priority: str, lifetime: str | None, as_json: bool,
-         file: Path) -> None:
-    """Send FILE to a peer; it lands in the peer's received/<this node>/ folder."""
+         files: tuple[Path, ...]) -> None:
+    """Send FILES to a peer, one message each; they land in the peer's
+    received/<this node>/ folder.
+
+    Example: outpost-node send --home /srv/earth --to mars notes.txt logs/*.gz
+
+    With --json: one object for one file, a list for several.
+    """
     node = open_node(load_home(home))
+    sender = Sender(node)
+    sent: list[dict[str, Any]] = []
+    with sender.deferring_fill():  # the outbox is written once, after every file is packed
+        for file in files:
+            msg = _send_one(sender, file, peer, PRIORITIES[priority],
+                            parse_duration(lifetime) if lifetime else None, as_json)
+            sent.append({"id": msg.id, "file": str(file), "peer": peer, "size": msg.size,
+                         "units": msg.units})
+    if as_json:
+        emit_json(sent[0] if len(sent) == 1 else sent)
+        return
+    for m in sent:
+        click.echo(f"{m['id']}: {Path(m['file']).name} for {peer}, {size(m['size'])} in "
+                   f"{m['units']} unit(s)")
+
+
+def _send_one(sender: Sender, file: Path, peer: str, priority: int, lifetime: float | None,
+              quiet: bool) -> Message:
     total = file.stat().st_size
     with open(file, "rb") as src, click.progressbar(
             length=total, label=f"packing {file.name}", file=sys.stderr,
-            hidden=as_json or total < 8 * 1024 * 1024) as bar:
-        msg = Sender(node).submit(
-            peer, "file", src, meta={"name": file.name}, priority=PRIORITIES[priority],
-            lifetime=parse_duration(lifetime) if lifetime else None, progress=bar.update)
-    if as_json:
-        emit_json({"id": msg.id, "peer": peer, "size": msg.size, "units": msg.units})
-    else:
-        click.echo(f"{msg.id}: {file.name} for {peer}, {size(msg.size)} in {msg.units} unit(s)")
+            hidden=quiet or total < 8 * 1024 * 1024) as bar:
+        return sender.submit(peer, "file", src, meta={"name": file.name}, priority=priority,
+                             lifetime=lifetime, progress=bar.update)
 
 
 @cli.command()
@@ -193,45 +228,10 @@ def status(home: Path, as_json: bool) -> None:
     _print_status(info)
 
 
-def status_info(home: Any) -> dict[str, Any]:
-    node = open_node(home)
-    st, now = node.state, time.time()
-    s = home.settings
-    peers = []
-    for peer in node.peers():
-        est = st.rtt(peer, s.rtt)
-        offset = st.clock_offset(peer)
-        peers.append({"name": peer, "srtt": est.srtt, "rtt_samples": est.samples,
-                      "outbox_files": len(bundle_files(home.outbox(peer))),
-                      "clock_offset": offset,
-                      "clock": clock_verdict(offset, s.clock_skew, s.rtt)})
-    sending = []
-    for m in st.messages(SENDING):
-        units = st.units_of(m.id)
-        sending.append({"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size,
-                        "units": m.units, "acked": sum(u.state == ACKED for u in units),
-                        "in_flight": sum(u.state == FLIGHT for u in units),
-                        "age": now - m.created, "expires_in": m.expires - now,
-                        "resent_whole": m.rounds})
-    failed = [{"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size,
-               "why": m.meta.get("why", ""), "age": now - m.created}
-              for m in st.messages(FAILED)]
-    reasm = [{"parent": r["parent"], "src": r["src"], "kind": r["kind"], "total": r["total"],
-              "received": r["received"], "fragments": r["count"]}
-             for r in st.reassemblies()]
-    quarantined = [{"file": p.name, "reason": q.reason, "error": q.error}
-                   for p in bundle_files(home.quarantine) if (q := read_reason(p))]
-    info = {"name": home.name, "role": home.role, "home": str(home.path), "peers": peers,
-            "sending": sending, "failed": failed, "reassembling": reasm,
-            "inbox_files": len(bundle_files(home.inbox)),
-            "delivered_seen": st.seen_count(),
-            "quarantine": quarantined, **release_status(node), **apply_status(node)}
-    st.close()
-    return info
-
-
 def _print_status(info: dict[str, Any]) -> None:
     click.echo(f"{info['role']} node {info['name']} at {info['home']}")
+    if info["status_page"]:
+        click.echo(f"status page: {info['status_page']}")
     table(["PEER", "RTT", "SAMPLES", "OUTBOX", "CLOCK"],
           [[p["name"], age(p["srtt"]), p["rtt_samples"], p["outbox_files"],
             p["clock"] or ("ok" if p["clock_offset"] is not None else "-")]

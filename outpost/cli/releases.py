@@ -10,13 +10,11 @@ from typing import Any
 import click
 
 from ..codec import MAGIC
-from ..errors import ConfigError, GitError
+from ..errors import ConfigError
 from ..fsutil import atomic_writer
 from ..home import load_home, role_phrase
 from ..node.context import Node, open_node
 from ..node.sender import Sender
-from ..release import git
-from ..store.releases import IMAGE, LAYER, ReleaseStore
 from .output import emit_json, size, table
 
 HOME = click.option("--home", required=True, type=click.Path(path_type=Path),
@@ -127,26 +125,6 @@ def import_(home: Path, registry: str | None, file: Path) -> None:
 
 
 release_commands = [publish, export, sync, import_]
-
-
-def release_status(node: Node) -> dict[str, Any]:
-    store = ReleaseStore(node.state)
-    if node.home.role == "earth":
-        repo = node.home.config_repo
-        outposts = [{"peer": p, "commit": store.commit_of(p),
-                     "layers": len(store.holding(p, LAYER)),
-                     "images": len(store.holding(p, IMAGE))} for p in node.peers()]
-        try:
-            config_head: str | None = git.head(repo)
-        except GitError:
-            config_head = None
-        return {"config_head": config_head,
-                "outposts": outposts, "reports": store.reports(10)}
-    mirror = node.home.mirror
-    return {"mirror_head": git.mirror_head(mirror) if mirror.exists() else None,
-            "releases": [{k: v for k, v in r.items() if k != "meta"}
-                         for r in store.releases()],
-            "images": store.images(), "layers_held": len(store.layers())}
 
 
 def print_release_status(info: dict[str, Any]) -> None:

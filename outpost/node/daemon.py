@@ -33,6 +33,8 @@ HINT_BATCH = 1000  # hints handled per step, in name order; more waiting: a resc
 RESCAN_BATCH = 200  # files a rescan handles before it reads the folder again
 HOUSEKEEPING = 60.0
 KEEP_FINISHED = 7 * 86400.0
+KEEP_TRAFFIC = 7 * 86400.0  # minute counters of the status page's chart
+TRAFFIC_EVERY = 5.0
 RETRY_LOCAL = 30.0
 
 
@@ -84,6 +86,7 @@ class Daemon:
         self._next_rescan = 0.0
         self._next_housekeeping = 0.0
         self._next_local_retry = 0.0
+        self._next_traffic = 0.0
         self._deferred: dict[str, float] = {}
 
     def attach(self, hooks: Hooks) -> None:
@@ -137,6 +140,7 @@ class Daemon:
                 self.hooks.on_stop()
             self.receiver.commit()
             self.flush_acks(force=True)
+            self.count_traffic()
             observer.stop()
             observer.join(timeout=5)
             self.node.state.close()
@@ -202,6 +206,9 @@ class Daemon:
             self.hooks.tick(now)
         self.receiver.commit()
         self.flush_acks()
+        if now >= self._next_traffic:
+            self.count_traffic()
+            self._next_traffic = now + TRAFFIC_EVERY
         if now >= self._next_rescan:
             self.rescan()
             self._next_rescan = now + self.node.home.settings.rescan
@@ -270,12 +277,19 @@ class Daemon:
                       RETRY_LOCAL, e)
         self._deferred[path.name] = now + RETRY_LOCAL
 
+    def count_traffic(self) -> None:
+        """The status page's counters, written every few seconds, not per file: each write
+        is a transaction, and a transaction an fsync."""
+        self.sender.count_traffic()
+        self.receiver.count_traffic()
+
     def housekeeping(self) -> None:
         now, s = self.node.clock(), self.node.home.settings
         self._deferred = {k: t for k, t in self._deferred.items() if t > now}
         self.receiver.expire_reassemblies()
         self.node.state.prune_seen(now - 86400.0 - s.clock_skew)
         self.node.state.prune_messages(now - KEEP_FINISHED)
+        self.node.state.prune_traffic(now - KEEP_TRAFFIC)
         for peer in self.node.peers():
             remove_stale_writes(self.node.home.outbox(peer))
         removed = prune_quarantine(self.node.home.quarantine, s.quarantine_max)

@@ -47,11 +47,13 @@ class Receiver:
         self._stored_keys: set[tuple[str, str, int]] = set()
         self._changing: dict[str, tuple[int, int, float]] = {}  # name -> size, mtime, since
         self._streams: dict[tuple[str, str], Stream] = {}  # reassemblies decoded as they come
+        self._arrived: dict[str, list[int]] = {}  # per peer: bytes, files not yet counted
 
     def handle(self, path: Path) -> None:
         """Handle one file from the inbox; a bad one is quarantined, never raised."""
         try:
             header = self._open(path)
+            self._count(header.src, path)
             if header.fragment is not None:
                 self._fragment(path, header)
             elif header.kind == "ack":
@@ -66,6 +68,22 @@ class Receiver:
         except BundleError as e:
             if not self._settling(path):
                 self.quarantine(path, e)
+
+    def _count(self, src: str, path: Path) -> None:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return
+        counted = self._arrived.setdefault(src, [0, 0])
+        counted[0] += size
+        counted[1] += 1
+
+    def count_traffic(self) -> None:
+        """Add what arrived since the last call to the traffic counters (one transaction)."""
+        if self._arrived:
+            now, arrived, self._arrived = self.node.clock(), self._arrived, {}
+            self.node.state.count_traffic([(src, "in", now, n, files, 0)
+                                           for src, (n, files) in arrived.items()])
 
     def _settling(self, path: Path) -> bool:
         """A file still being written (a link that does not write atomically) looks bad
@@ -220,7 +238,7 @@ class Receiver:
         parents = {(h.src, h.fragment.parent) for _, h in batch if h.fragment}
         written = {self._written(h) for _, h in batch}
         for target in written:
-            fsync_path(target)
+            fsync_path(target, data_only=True)
         now = self.node.clock()
         self.node.state.add_parts([
             Part(h.src, h.fragment.parent, h.fragment.index, h.fragment.offset,
@@ -300,7 +318,7 @@ class Receiver:
                     log.error("cannot rebuild %s from %s from its repairs: %s", parent, src, e)
         if not rebuilt:
             return
-        fsync_path(self.reasm_path(src, parent))
+        fsync_path(self.reasm_path(src, parent), data_only=True)
         self.node.state.add_parts(rebuilt, now)
         ids = [f"{parent}.{p.idx}" for p in rebuilt]
         for unit_id in ids:

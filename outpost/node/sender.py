@@ -64,6 +64,7 @@ class Sender:
         self._layouts: dict[str, fec.Layout | None] = {}
         self._stalled: dict[str, float] = {}  # per peer: the outbox waits, nothing taken since
         self._moved: dict[str, float] = {}  # per peer: when the link took again after a stall
+        self._sent: dict[str, list[int]] = {}  # per peer: bytes, files, resent not yet counted
         self._repairs: tuple[tuple[str, int], list[bytes]] | None = None  # last group's
 
     @property
@@ -238,6 +239,17 @@ class Sender:
                                    retry_delay(rto, u.attempts, s.backoff, s.rto_cap, wait,
                                                alive)}))
         self.node.state.set_units(changes)
+        sent = self._sent.setdefault(peer, [0, 0, 0])
+        sent[0] += sum(u.size for u in taken)
+        sent[1] += len(taken)
+        sent[2] += sum(u.size for u in taken if u.attempts > 1)
+
+    def count_traffic(self) -> None:
+        """Add what the link took since the last call to the traffic counters."""
+        if self._sent:
+            now, sent, self._sent = self.node.clock(), self._sent, {}
+            self.node.state.count_traffic([(peer, "out", now, n, files, resent)
+                                           for peer, (n, files, resent) in sent.items()])
 
     def _note_stall(self, peer: str, now: float, *, waiting: bool, took: bool) -> None:
         if took and peer in self._stalled:

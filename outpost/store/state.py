@@ -11,6 +11,7 @@ Tables:
                 and reasm_repairs the FEC repair fragments kept beside them
     rtt         the round-trip estimate per peer
     loss        the loss rate observed per peer (it sizes FEC)
+    traffic     bytes and files to and from each peer per minute (the status page's chart)
     clocks      how far each peer's clock seems off from ours (delivery/clock.py)
 
 Ids are unique per sender only, so everything a receiver keeps is keyed by (sender, id).
@@ -63,6 +64,9 @@ CREATE TABLE IF NOT EXISTS reasm_repairs (
     block INTEGER NOT NULL, PRIMARY KEY (src, parent, idx));
 CREATE TABLE IF NOT EXISTS loss (
     peer TEXT PRIMARY KEY, rate REAL NOT NULL, samples INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS traffic (
+    peer TEXT NOT NULL, dir TEXT NOT NULL, minute INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    files INTEGER NOT NULL, resent INTEGER NOT NULL, PRIMARY KEY (peer, dir, minute));
 CREATE TABLE IF NOT EXISTS clocks (
     peer TEXT PRIMARY KEY, offset REAL NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS rtt (
@@ -461,6 +465,24 @@ class State:
         with self.tx() as db:
             db.execute("INSERT OR REPLACE INTO loss VALUES (?,?,?)",
                        (peer, est.rate, est.samples))
+
+    # traffic
+    def count_traffic(self, rows: list[tuple[str, str, float, int, int, int]]) -> None:
+        """Add (peer, "out" | "in", when, bytes, files, bytes resent) to the minute counters."""
+        with self.tx() as db:
+            db.executemany(
+                "INSERT INTO traffic VALUES (?,?,?,?,?,?) ON CONFLICT (peer, dir, minute) DO "
+                "UPDATE SET bytes = bytes + excluded.bytes, files = files + excluded.files, "
+                "resent = resent + excluded.resent",
+                [(peer, d, int(when // 60), n, files, resent)
+                 for peer, d, when, n, files, resent in rows])
+
+    def traffic(self, since: float) -> list[sqlite3.Row]:
+        return self.q("SELECT * FROM traffic WHERE minute >= ? ORDER BY minute", int(since // 60))
+
+    def prune_traffic(self, before: float) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM traffic WHERE minute < ?", (int(before // 60),))
 
     def save_clock(self, peer: str, offset: float, now: float) -> None:
         with self.tx() as db:

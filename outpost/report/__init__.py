@@ -1,0 +1,113 @@
+"""What a node holds and does, as plain data: read from the same state and spool the
+daemon uses (no second source of truth). `outpost-node status` prints it, and the status
+page (outpost/web) serves it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..apply.context import Paths
+from ..delivery import clock_verdict
+from ..errors import GitError
+from ..home import Home
+from ..node.context import Node, open_node
+from ..release import git
+from ..store.applies import FINAL, WAITING, ApplyStore
+from ..store.releases import IMAGE, LAYER, ReleaseStore
+from ..store.spool import bundle_files, read_reason
+from ..store.state import ACKED, FAILED, FLIGHT, SENDING
+
+APPLY_EVENTS = (*FINAL, WAITING)
+
+
+def status_info(home: Home) -> dict[str, Any]:
+    node = open_node(home)
+    st, now = node.state, time.time()
+    s = home.settings
+    peers = []
+    for peer in node.peers():
+        est = st.rtt(peer, s.rtt)
+        offset = st.clock_offset(peer)
+        peers.append({"name": peer, "srtt": est.srtt, "rtt_samples": est.samples,
+                      "outbox_files": len(bundle_files(home.outbox(peer))),
+                      "clock_offset": offset,
+                      "clock": clock_verdict(offset, s.clock_skew, s.rtt)})
+    sending = []
+    for m in st.messages(SENDING):
+        units = st.units_of(m.id)
+        sending.append({"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size,
+                        "units": m.units, "acked": sum(u.state == ACKED for u in units),
+                        "in_flight": sum(u.state == FLIGHT for u in units),
+                        "age": now - m.created, "expires_in": m.expires - now,
+                        "resent_whole": m.rounds})
+    failed = [{"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size,
+               "why": m.meta.get("why", ""), "age": now - m.created}
+              for m in st.messages(FAILED)]
+    reasm = [{"parent": r["parent"], "src": r["src"], "kind": r["kind"], "total": r["total"],
+              "received": r["received"], "fragments": r["count"]}
+             for r in st.reassemblies()]
+    quarantined = [{"file": p.name, "reason": q.reason, "error": q.error}
+                   for p in bundle_files(home.quarantine) if (q := read_reason(p))]
+    info = {"name": home.name, "role": home.role, "home": str(home.path), "peers": peers,
+            "sending": sending, "failed": failed, "reassembling": reasm,
+            "inbox_files": len(bundle_files(home.inbox)),
+            "delivered_seen": st.seen_count(),
+            "quarantine": quarantined, "status_page": _status_page(home),
+            **release_status(node), **apply_status(node)}
+    st.close()
+    return info
+
+
+def _status_page(home: Home) -> str | None:
+    """The running node's status page (HOME/http.url, written by `start`)."""
+    try:
+        return (home.path / "http.url").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def release_status(node: Node) -> dict[str, Any]:
+    store = ReleaseStore(node.state)
+    if node.home.role == "earth":
+        repo = node.home.config_repo
+        outposts = [{"peer": p, "commit": store.commit_of(p),
+                     "layers": len(store.holding(p, LAYER)),
+                     "images": len(store.holding(p, IMAGE))} for p in node.peers()]
+        try:
+            config_head: str | None = git.head(repo)
+        except GitError:
+            config_head = None
+        return {"config_head": config_head,
+                "outposts": outposts, "reports": store.reports(10)}
+    mirror = node.home.mirror
+    return {"mirror_head": git.mirror_head(mirror) if mirror.exists() else None,
+            "releases": [{k: v for k, v in r.items() if k != "meta"}
+                         for r in store.releases()],
+            "images": store.images(), "layers_held": len(store.layers())}
+
+
+def apply_status(node: Node) -> dict[str, Any]:
+    """Earth: each outpost's running release and last apply report. Outpost: the running
+    release, the history of applies and what the active one waits for."""
+    if node.home.role == "earth":
+        store = ReleaseStore(node.state)
+        fleet = {}
+        for peer in node.peers():
+            last = store.last_report(peer, APPLY_EVENTS)
+            detail = last["detail"] if last else {}
+            fleet[peer] = {"running": detail.get("running"), "last_apply": last}
+        return {"fleet": fleet}
+    applies = ApplyStore(node.state)
+    current = applies.current()
+    active = applies.active()
+    return {
+        "running": None if current is None else {
+            "commit": current.commit, "apply": current.apply_id, "since": current.since},
+        "applies": [r.to_json() for r in applies.history(20)],
+        "waiting": None if active is None or active.state != WAITING else {
+            "apply": active.id, "commit": active.commit_id, "images": active.wanted,
+            "requests": active.requests, "next_request": active.next_request,
+            "reason": active.reason},
+        "apply_logs": str(Paths(node.home).logs),
+    }
