@@ -61,7 +61,7 @@ def test_plan_covers_every_byte_once_and_fits_the_field(size: int, frag: int,
     for g in layout.groups:
         assert g.first == index and g.start == offset
         assert 2 <= g.k <= fec.MAX_K and g.k + g.m <= 256
-        assert g.k * layout.block <= max(fec.MAX_GROUP_BYTES, 4 * layout.block)
+        assert g.k * layout.block <= fec.MAX_GROUP_BYTES
         index, offset = g.end_index, offset + g.k * layout.block
     assert offset - layout.block < size <= offset
     assert fec.Layout.from_meta(layout.to_meta()) == layout
@@ -75,8 +75,9 @@ def test_repairs_meet_the_target_and_are_the_fewest_that_do(k: int, loss: float)
     assert m == 0 or fec.rebuild_chance(k, m - 1, loss) < 0.995
 
 
-def test_no_loss_means_no_repairs() -> None:
+def test_no_loss_means_no_repairs_nor_do_fragments_too_big_for_a_group() -> None:
     assert fec.plan(10_000_000, 1 << 20, 0.0, 0.995) is None
+    assert fec.plan(1 << 30, 32 << 20, 0.2, 0.995) is None  # 32 MiB blocks: 2 a group
     assert fec.repair_count(16, 0.0, 0.995) == 0
 
 
@@ -109,6 +110,11 @@ def test_repair_fragment_header_round_trips_and_impossible_groups_are_refused() 
         f = replace(good.fragment, repair=b)
         with pytest.raises(MalformedBundle):
             encode_header(replace(good, fragment=f))
+    huge = replace(good.fragment, repair=replace(r, k=4, block=20 * 1024 * 1024), count=6,
+                   total=90 * 1024 * 1024)  # 80 MiB of group to hold in memory
+    with pytest.raises(MalformedBundle):
+        encode_header(replace(good, fragment=huge, payload=replace(
+            good.payload, length=20 * 1024 * 1024, raw_length=20 * 1024 * 1024)))
     far = replace(good.fragment, total=3000)  # block 3 would start at the end
     with pytest.raises(MalformedBundle):
         encode_header(replace(good, fragment=far))

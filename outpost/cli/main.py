@@ -22,6 +22,7 @@ from ..store.state import Message
 from ..units import parse_duration
 from .applies import apply_commands, print_apply_status
 from .bundles import bundles
+from .operate import operate_commands
 from .output import age, emit_json, setup_logging, size, table
 from .releases import print_release_status, release_commands
 
@@ -40,7 +41,7 @@ def cli() -> None:
 
 
 cli.add_command(bundles)
-for _command in [*release_commands, *apply_commands]:
+for _command in [*release_commands, *apply_commands, *operate_commands]:
     cli.add_command(_command)
 
 

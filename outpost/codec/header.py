@@ -268,13 +268,15 @@ def validate_fragment(f: Fragment, length: int, limits: Limits) -> None:
 
 
 MAX_SHARES = 256  # an FEC group's data and repair blocks together (GF(2^8))
+MAX_GROUP_BYTES = 64 * 1024 * 1024  # an FEC group's data, held in memory to rebuild it
 
 
 def _validate_repair(f: Fragment, r: Repair, length: int) -> None:
     """A repair fragment names a group that fits its bundle: every data block starts
     inside it, the group fits the field, and its own index is the one its number says."""
     ok = (r.k >= 1 and r.m >= 1 and r.k + r.m <= MAX_SHARES and r.k <= r.j < r.k + r.m
-          and r.block == length > 0 and r.first >= 0 and f.index == r.first + r.j
+          and r.block == length > 0 and r.k * r.block <= MAX_GROUP_BYTES
+          and r.first >= 0 and f.index == r.first + r.j
           and r.first + r.k + r.m <= f.count and f.offset + (r.k - 1) * r.block < f.total)
     if not ok:
         raise MalformedBundle("repair fragment names an impossible group", reason="bad-fragment")

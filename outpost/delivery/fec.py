@@ -20,10 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from math import comb
 
-from ..codec.header import MAX_SHARES
+from ..codec.header import MAX_GROUP_BYTES, MAX_SHARES
 
 MAX_K = 64
-MAX_GROUP_BYTES = 64 * 1024 * 1024  # the data of one group, held in memory to encode it
 MIN_BLOCK = 16 * 1024  # below this, smaller blocks cost more in headers than they save
 TARGET_BLOCKS = 16  # a message of one fragment is cut in this many blocks for FEC
 
@@ -101,7 +100,9 @@ def plan(size: int, frag_size: int, loss: float, target: float,
         return Layout(block=size, copies=copies) if copies else None
     block = min(frag_size, max(MIN_BLOCK, -(-size // TARGET_BLOCKS)))
     count = -(-size // block)
-    per_group = max(4, min(MAX_K, MAX_GROUP_BYTES // block))
+    per_group = min(MAX_K, MAX_GROUP_BYTES // block)
+    if per_group < 4:  # fragments so big that too few fit a group in memory: none
+        return None
     groups, first, done = [], 0, 0
     n_groups = -(-count // per_group)
     for g in range(n_groups):

@@ -229,8 +229,9 @@ class Sender:
         rto = self.node.state.rtt(peer, s.rtt).rto(s.min_rto, s.rto_cap)
         alive = peer_alive(self.node.state.last_ack(peer), now, rto)
         changes: list[tuple[str, dict[str, Any]]] = []
+        messages = self._messages_of(taken)
         for u in taken:
-            msg = self.node.state.message(u.msg)
+            msg = messages.get(u.msg)
             if msg is not None and self._extra(msg, u):
                 changes.append((u.id, {"state": ACKED, "taken_at": now}))
                 continue
@@ -243,6 +244,10 @@ class Sender:
         sent[0] += sum(u.size for u in taken)
         sent[1] += len(taken)
         sent[2] += sum(u.size for u in taken if u.attempts > 1)
+
+    def _messages_of(self, units: list[Unit]) -> dict[str, Message | None]:
+        """The messages of `units`, one lookup each (a window holds many of one message)."""
+        return {m: self.node.state.message(m) for m in {u.msg for u in units}}
 
     def count_traffic(self) -> None:
         """Add what the link took since the last call to the traffic counters."""
@@ -467,10 +472,12 @@ class Sender:
         The peer is acking, so its retries are treated as random loss. Never postpones."""
         s = self.settings
         changes = []
-        for u in self.node.state.units(peer, FLIGHT):
+        flying = self.node.state.units(peer, FLIGHT)
+        messages = self._messages_of(flying)
+        for u in flying:
             if u.taken_at is None or u.next_retry is None:
                 continue
-            wait = self._serialisation(self._behind(self.node.state.message(u.msg), u))
+            wait = self._serialisation(self._behind(messages[u.msg], u))
             due = u.taken_at + retry_delay(rto, u.attempts, s.backoff, s.rto_cap, wait,
                                            peer_alive=True)
             if due < u.next_retry:

@@ -310,6 +310,13 @@ class State:
             db.execute("UPDATE units SET state = ?, next_retry = NULL WHERE msg = ? AND "
                        "state IN (?, ?)", (NEW, msg_id, ACKED, FLIGHT))
 
+    def resend_unacked(self, msg_id: str) -> int:
+        """A person asked: the units taken and not acknowledged go out again now."""
+        with self.tx() as db:
+            cur = db.execute("UPDATE units SET state = ?, next_retry = NULL WHERE msg = ? AND "
+                             "state = ?", (NEW, msg_id, FLIGHT))
+            return cur.rowcount
+
     def awaiting_whole(self, peer: str, now: float) -> list[Message]:
         rows = self.q("SELECT * FROM messages WHERE peer = ? AND state = ? AND whole_due <= ?",
                       peer, SENDING, now)

@@ -1,0 +1,240 @@
+"""`outpost-node custody ...` and `outpost-node quarantine ...`: act on what status shows.
+
+Both work on a running node's home (the state is SQLite in WAL mode, each change one short
+transaction) or a stopped one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..codec import Limits, inspect
+from ..errors import ConfigError
+from ..home import Home, load_home
+from ..node.context import Node, open_node
+from ..node.sender import Sender
+from ..store.spool import REASON, bundle_files, read_reason
+from ..store.state import ACKED, FAILED, SENDING, Message
+from ..units import parse_duration
+from .bundles import describe
+from .output import age, emit_json, size, table
+from .releases import HOME, JSON
+
+
+@click.group()
+def custody() -> None:
+    """Messages this node holds until their peer acknowledges them."""
+
+
+@custody.command("ls")
+@HOME
+@JSON
+def custody_ls(home: Path, as_json: bool) -> None:
+    """List messages in custody: how much is acknowledged, what is left, and an ETA.
+
+    Example: outpost-node custody ls --home /srv/earth
+    """
+    node = open_node(load_home(home))
+    try:
+        rows = [_progress(node, m) for m in node.state.messages(SENDING)]
+        rows += [_progress(node, m) for m in node.state.messages(FAILED)]
+    finally:
+        node.state.close()
+    if as_json:
+        emit_json(rows)
+        return
+    table(["ID", "KIND", "TO", "SIZE", "ACKED", "LEFT", "ETA", "STATE"],
+          [[r["id"][:16], r["kind"], r["peer"], size(r["size"]), f"{r['percent']:.0f}%",
+            size(r["bytes_left"]), "?" if r["eta"] is None else age(r["eta"]),
+            r["state"] + (f": {r['why']}" if r["why"] else "")] for r in rows])
+
+
+def _progress(node: Node, m: Message) -> dict[str, Any]:
+    units = node.state.units_of(m.id)
+    acked = sum(u.size for u in units if u.state == ACKED)
+    total = sum(u.size for u in units) or m.size
+    left = max(total - acked, 0) if m.state == SENDING else 0
+    s = node.home.settings
+    rtt = node.state.rtt(m.peer, s.rtt).srtt
+    eta = None if not s.bandwidth or m.state != SENDING else left / s.bandwidth + rtt
+    return {"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size, "units": m.units,
+            "acked_units": sum(u.state == ACKED for u in units), "bytes_acked": acked,
+            "bytes_left": left, "percent": 100.0 * acked / total if total else 100.0,
+            "eta": eta, "state": m.state, "why": m.meta.get("why", ""),
+            "age": time.time() - m.created}
+
+
+@custody.command("retry")
+@HOME
+@click.argument("ids", nargs=-1, required=True)
+def custody_retry(home: Path, ids: tuple[str, ...]) -> None:
+    """Send the unacknowledged parts of messages again now, without waiting for their timers.
+
+    Example: outpost-node custody retry --home /srv/earth 3f2a9c
+    """
+    node = open_node(load_home(home))
+    try:
+        for msg in _messages(node, ids):
+            if msg.state != SENDING:
+                raise ConfigError(f"{msg.id} is {msg.state}, not in custody any more: send it "
+                                  "again with `outpost-node send` or `publish`")
+            n = node.state.resend_unacked(msg.id)
+            click.echo(f"{msg.id}: {n} unit(s) go out again as the outbox has room")
+    finally:
+        node.state.close()
+
+
+@custody.command("drop")
+@HOME
+@click.argument("ids", nargs=-1, required=True)
+def custody_drop(home: Path, ids: tuple[str, ...]) -> None:
+    """Give up messages for good: their files leave the outbox and custody.
+
+    Example: outpost-node custody drop --home /srv/earth 3f2a9c
+    """
+    node = open_node(load_home(home))
+    try:
+        sender = Sender(node)
+        for msg in _messages(node, ids):
+            if msg.state == SENDING:
+                sender.fail(msg, "dropped by hand (outpost-node custody drop)")
+            click.echo(f"{msg.id}: dropped")
+    finally:
+        node.state.close()
+
+
+def _messages(node: Node, ids: tuple[str, ...]) -> list[Message]:
+    """Messages by id or a unique prefix of one."""
+    known = node.state.messages()
+    out = []
+    for prefix in ids:
+        found = [m for m in known if m.id.startswith(prefix)]
+        if len(found) != 1:
+            what = "no message" if not found else f"{len(found)} messages"
+            raise ConfigError(f"{what} in custody start with {prefix!r}: see `outpost-node "
+                              "custody ls`")
+        out.append(found[0])
+    return out
+
+
+@click.group()
+def quarantine() -> None:
+    """Files this node refused, each with the reason."""
+
+
+@quarantine.command("ls")
+@HOME
+@JSON
+def quarantine_ls(home: Path, as_json: bool) -> None:
+    """List refused files, newest last, with why.
+
+    Example: outpost-node quarantine ls --home /srv/mars --json
+    """
+    rows = [_quarantined(p) for p in bundle_files(load_home(home).quarantine)]
+    if as_json:
+        emit_json(rows)
+        return
+    table(["FILE", "SIZE", "AGE", "REASON", "ERROR"],
+          [[r["file"], size(r["size"]), age(r["age"]) if r["age"] is not None else "?",
+            r["reason"] or "?", (r["error"] or "")[:80]] for r in rows])
+
+
+def _quarantined(path: Path) -> dict[str, Any]:
+    q = read_reason(path)
+    return {"file": path.name, "size": path.lstat().st_size,
+            "reason": q.reason if q else None, "error": q.error if q else None,
+            "at": q.at if q else None, "age": time.time() - q.at if q else None,
+            "original": q.original if q else None}
+
+
+@quarantine.command("show")
+@HOME
+@click.argument("name")
+@JSON
+def quarantine_show(home: Path, name: str, as_json: bool) -> None:
+    """Show why FILE was refused, and check it again with the keys trusted now.
+
+    Example: outpost-node quarantine show --home /srv/mars 01764...-bundle.opb
+    """
+    h = load_home(home)
+    path = _in_quarantine(h, name)
+    node = open_node(h)
+    try:
+        keys = node.state.keyring()
+    finally:
+        node.state.close()
+    now_check = describe(inspect(path, keys, Limits(), full=True), time.time())
+    info = {**_quarantined(path), "now": now_check}
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"{info['file']}: {size(info['size'])}, refused as {info['reason']}: "
+               f"{info['error']}")
+    verdict = "verifies now" if now_check["signature"] == "ok" else (
+        f"still bad: {now_check['error']}")
+    click.echo(f"checked again with the keys trusted now: {verdict}")
+
+
+@quarantine.command("retry")
+@HOME
+@click.argument("names", nargs=-1, required=True)
+def quarantine_retry(home: Path, names: tuple[str, ...]) -> None:
+    """Put refused files back in the inbox to be examined again (after trusting a key).
+
+    A file still bad is quarantined again, with the reason of the new look.
+
+    Example: outpost-node quarantine retry --home /srv/mars 01764...-bundle.opb
+    """
+    h = load_home(home)
+    for name in names:
+        path = _in_quarantine(h, name)
+        q = read_reason(path)
+        target = h.inbox / (q.original if q else name)
+        if target.exists():
+            target = h.inbox / f"retry-{name}"
+        os.replace(path, target)
+        path.with_name(path.name + REASON).unlink(missing_ok=True)
+        click.echo(f"{name}: back in the inbox as {target.name}")
+
+
+@quarantine.command("purge")
+@HOME
+@click.option("--older-than", metavar="DURATION", help="Only files refused this long ago "
+              "or more (e.g. 7d).")
+@click.option("--all", "everything", is_flag=True, help="Every file, whatever its age.")
+@click.argument("names", nargs=-1)
+def quarantine_purge(home: Path, older_than: str | None, everything: bool,
+                     names: tuple[str, ...]) -> None:
+    """Delete refused files: those named, those --older-than, or --all.
+
+    Example: outpost-node quarantine purge --home /srv/mars --older-than 30d
+    """
+    h = load_home(home)
+    if not names and older_than is None and not everything:
+        raise ConfigError("name the files, or give --older-than DURATION or --all")
+    if names:
+        files = [_in_quarantine(h, n) for n in names]
+    else:
+        cutoff = time.time() - (parse_duration(older_than) if older_than else 0)
+        files = [p for p in bundle_files(h.quarantine)
+                 if everything or ((q := read_reason(p)) is not None and q.at <= cutoff)]
+    for path in files:
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + REASON).unlink(missing_ok=True)
+    click.echo(f"purged {len(files)} file(s)")
+
+
+def _in_quarantine(home: Home, name: str) -> Path:
+    path = home.quarantine / Path(name).name
+    if not path.is_file() or path.name.endswith(REASON):
+        raise ConfigError(f"no file {name!r} in {home.quarantine}: see `outpost-node "
+                          "quarantine ls`")
+    return path
+
+
+operate_commands = [custody, quarantine]

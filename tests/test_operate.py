@@ -1,0 +1,117 @@
+"""`outpost-node custody` and `outpost-node quarantine`, run through click against two
+in-process nodes (helpers.Pair: the far planet is a hand-driven link)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from outpost.cli.main import cli
+from outpost.codec import public_key
+from outpost.errors import ConfigError
+
+from .helpers import Pair, good
+
+
+def write_still(path: Path, data: bytes) -> None:
+    """A file the link finished writing a while ago (a fresh bad one is given time to
+    settle, in case it is still being written)."""
+    path.write_bytes(data)
+    old = path.stat().st_mtime - 10
+    os.utime(path, (old, old))
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Pair:
+    return Pair(tmp_path, fragment_size="64k")
+
+
+def send(pair: Pair, size: int = 400_000):  # type: ignore[no-untyped-def]
+    return pair.a.sender.submit("mars", "file", io.BytesIO(os.urandom(size)),
+                                meta={"name": "f.bin"}, codec="none")
+
+
+def test_custody_ls_shows_progress_and_parses_as_json(pair: Pair) -> None:
+    msg = send(pair)
+    home = str(pair.a_home.path)
+    rows = json.loads(run("custody", "ls", "--home", home, "--json").output)
+    assert [(r["id"], r["percent"], r["state"]) for r in rows] == [(msg.id, 0.0, "sending")]
+    assert rows[0]["bytes_left"] >= 400_000
+    pair.link.carry()  # every fragment crosses; mars acks them
+    pair.step()
+    pair.step()
+    rows = json.loads(run("custody", "ls", "--home", home, "--json").output)
+    assert not rows or rows[0]["percent"] > 0
+    text = run("custody", "ls", "--home", home).output
+    assert "ACKED" in text
+
+
+def test_custody_retry_sends_unacked_units_now_and_drop_gives_up(pair: Pair) -> None:
+    msg = send(pair)
+    pair.a.tick()
+    for path in pair.a_home.outbox("mars").iterdir():  # the link takes them and loses them
+        path.unlink()
+    pair.a.tick()
+    home = str(pair.a_home.path)
+    out = run("custody", "retry", "--home", home, msg.id[:8])
+    assert out.exit_code == 0, out.output
+    assert f"{msg.units} unit(s)" in out.output
+    pair.a.tick()
+    assert len(list(pair.a_home.outbox("mars").iterdir())) == msg.units
+    out = run("custody", "drop", "--home", home, msg.id[:8])
+    assert out.exit_code == 0
+    assert pair.a.node.state.message(msg.id).state == "failed"
+    assert list(pair.a_home.outbox("mars").iterdir()) == []
+    assert not Path(msg.path).exists()
+    out = run("custody", "retry", "--home", home, msg.id[:8])
+    assert isinstance(out.exception, ConfigError) and "failed" in str(out.exception)
+
+
+def test_an_unknown_or_ambiguous_id_is_a_clear_error(pair: Pair) -> None:
+    out = run("custody", "drop", "--home", str(pair.a_home.path), "zzzz")
+    assert isinstance(out.exception, ConfigError) and "custody ls" in str(out.exception)
+
+
+def test_quarantine_ls_show_retry_after_trusting_the_key(pair: Pair) -> None:
+    """A bundle from a node not yet trusted is refused; once its key is trusted, `retry`
+    puts it back and it is delivered."""
+    venus_seed = os.urandom(32)
+    write_still(pair.b_home.inbox / "from-venus.opb", good(venus_seed, b"hi", src="venus"))
+    pair.step()
+    home = str(pair.b_home.path)
+    rows = json.loads(run("quarantine", "ls", "--home", home, "--json").output)
+    assert [(r["reason"], r["original"]) for r in rows] == [("unknown-key", "from-venus.opb")]
+    name = rows[0]["file"]
+    shown = json.loads(run("quarantine", "show", "--home", home, name, "--json").output)
+    assert shown["now"]["signature"] == "unknown-key"
+    pair.b.node.state.add_peer("venus", public_key(venus_seed), 0.0)
+    assert "verifies now" in run("quarantine", "show", "--home", home, name).output
+    out = run("quarantine", "retry", "--home", home, name)
+    assert out.exit_code == 0, out.output
+    pair.step()
+    assert (pair.b_home.received / "venus" / "x.txt").read_bytes() == b"hi"
+    assert json.loads(run("quarantine", "ls", "--home", home, "--json").output) == []
+
+
+def test_quarantine_purge_needs_a_choice_and_removes_files_with_their_reasons(
+        pair: Pair) -> None:
+    for i in range(3):
+        write_still(pair.b_home.inbox / f"junk-{i}", os.urandom(100))
+    pair.step()
+    home = str(pair.b_home.path)
+    rows = json.loads(run("quarantine", "ls", "--home", home, "--json").output)
+    assert len(rows) == 3
+    assert isinstance(run("quarantine", "purge", "--home", home).exception, ConfigError)
+    assert "purged 0" in run("quarantine", "purge", "--home", home, "--older-than", "1d").output
+    assert "purged 1" in run("quarantine", "purge", "--home", home, rows[0]["file"]).output
+    assert "purged 2" in run("quarantine", "purge", "--home", home, "--all").output
+    assert list(pair.b_home.quarantine.iterdir()) == []
