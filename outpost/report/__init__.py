@@ -23,7 +23,14 @@ APPLY_EVENTS = (*FINAL, WAITING)
 
 def status_info(home: Home) -> dict[str, Any]:
     node = open_node(home)
-    st, now = node.state, time.time()
+    try:
+        return _status(node)
+    finally:
+        node.state.close()
+
+
+def _status(node: Node) -> dict[str, Any]:
+    home, st, now = node.home, node.state, time.time()
     s = home.settings
     peers = []
     for peer in node.peers():
@@ -55,7 +62,6 @@ def status_info(home: Home) -> dict[str, Any]:
             "delivered_seen": st.seen_count(),
             "quarantine": quarantined, "status_page": _status_page(home),
             **release_status(node), **apply_status(node)}
-    st.close()
     return info
 
 
