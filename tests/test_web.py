@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -142,3 +143,39 @@ def test_addresses_are_checked(pair: Pair) -> None:
         taken.stop()
 
 
+
+
+def test_the_registry_section_lists_what_the_outpost_registry_holds(pair: Pair,
+                                                                   registry: str) -> None:
+    """Against the real registry of scripts/services: an image pushed by the Registry API
+    is listed with its tag, image ID and size; Earth has no registry section."""
+    import hashlib
+    import uuid
+    from dataclasses import replace
+
+    from outpost.gateway.registry import Registry, oci_manifest
+
+    repo, layer, config = f"webtest/app-{uuid.uuid4().hex[:8]}", os.urandom(3000), b"{}"
+    digests = {}
+    with Registry(registry) as reg:
+        for blob in (layer, config):
+            digests[blob] = "sha256:" + hashlib.sha256(blob).hexdigest()
+            reg.push_blob(repo, digests[blob], io.BytesIO(blob), len(blob))
+        body = oci_manifest(digests[config], len(config), [(digests[layer], len(layer))])
+        reg.put_manifest(repo, "v2", body, "application/vnd.oci.image.manifest.v1+json")
+    mars = replace(pair.b_home, outpost=replace(pair.b_home.outpost, registry=registry))
+    server = StatusServer(mars, "127.0.0.1:0")
+    url = server.start()
+    try:
+        view = json.loads(get(url + "api/registry")[2])
+    finally:
+        server.stop()
+    assert view["registry"].endswith(registry)
+    [ours] = [r for r in view["repositories"] if r["name"] == repo]
+    assert ours["tags"] == [{"tag": "v2", "digest": "sha256:" + hashlib.sha256(body).hexdigest(),
+                             "image_id": digests[config], "size": len(config) + len(layer)}]
+    earth = StatusServer(pair.a_home, "127.0.0.1:0")
+    try:
+        assert json.loads(get(earth.start() + "api/registry")[2])["registry"] is None
+    finally:
+        earth.stop()

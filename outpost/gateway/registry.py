@@ -366,24 +366,31 @@ class Registry:
         distribution 2.8 answers all tags in one page, in storage order (it ignores `n`);
         other registries may page with `Link: <...>; rel="next"`, which is followed.
         """
-        path = f"/v2/{quote(check_repo(repo))}/tags/list"
+        return self._listing(f"/v2/{quote(check_repo(repo))}/tags/list", "tags",
+                             f"tag list of {repo}")
+
+    def catalog(self) -> list[str]:
+        """The repositories the registry holds, sorted (paged like tags)."""
+        return self._listing("/v2/_catalog", "repositories", "catalog")
+
+    def _listing(self, path: str, key: str, what: str) -> list[str]:
         found: list[str] = []
         for _ in range(10_000):  # pages; a bound so a looping Link header cannot hang us
             resp = self._request("GET", path)
             if resp.status == 404:
                 return sorted(set(found))
             if resp.status != 200:
-                raise self._refused(f"tag list of {repo}", resp)
+                raise self._refused(what, resp)
             try:
-                found.extend(json.loads(resp.body).get("tags") or [])
+                found.extend(json.loads(resp.body).get(key) or [])
             except (ValueError, AttributeError) as e:
-                raise RegistryError(f"registry at {self.url} answered a tag list of {repo} "
-                                    f"that is not JSON: {e}") from e
+                raise RegistryError(f"registry at {self.url} answered a {what} that is not "
+                                    f"JSON: {e}") from e
             link = _LINK_NEXT_RE.search(resp.headers.get("Link") or "")
             if link is None:
                 return sorted(set(found))
             path = _location_path(link.group(1))
-        raise RegistryError(f"registry at {self.url}: tag list of {repo} does not end")
+        raise RegistryError(f"registry at {self.url}: {what} does not end")
 
     # -- plumbing -------------------------------------------------------------------------
 

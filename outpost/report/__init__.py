@@ -4,12 +4,13 @@ page (outpost/web) serves it."""
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..apply.context import Paths
 from ..delivery import clock_verdict
-from ..errors import GitError
+from ..errors import GitError, OutpostError
 from ..home import Home
 from ..node.context import Node, open_node
 from ..release import git
@@ -17,6 +18,9 @@ from ..store.applies import FINAL, WAITING, ApplyStore
 from ..store.releases import IMAGE, LAYER, ReleaseStore
 from ..store.spool import bundle_files, read_reason
 from ..store.state import ACKED, FAILED, FLIGHT, SENDING
+
+if TYPE_CHECKING:
+    from ..gateway.registry import Registry
 
 APPLY_EVENTS = (*FINAL, WAITING)
 
@@ -117,3 +121,40 @@ def apply_status(node: Node) -> dict[str, Any]:
             "reason": active.reason},
         "apply_logs": str(Paths(node.home).logs),
     }
+
+
+MAX_REPOS, MAX_TAGS = 200, 50  # what the page lists of a registry, at most
+
+
+def registry_view(home: Home) -> dict[str, Any]:
+    """The outpost registry's repositories, tags, image IDs and sizes (the page's registry
+    browser); {"registry": None} at Earth or where none is set, and the error if it does
+    not answer."""
+    from ..gateway.registry import outpost_registry
+
+    if home.role != "outpost" or not home.outpost.registry:
+        return {"registry": None, "repositories": []}
+    try:
+        with outpost_registry(home.outpost, home.path, timeout=10) as reg:
+            repos = [{"name": repo, "tags": [_tag(reg, repo, t)
+                                             for t in reg.tags(repo)[:MAX_TAGS]]}
+                     for repo in reg.catalog()[:MAX_REPOS]]
+            return {"registry": reg.url, "repositories": repos}
+    except OutpostError as e:
+        return {"registry": home.outpost.registry, "repositories": [], "error": str(e)}
+
+
+def _tag(reg: Registry, repo: str, tag: str) -> dict[str, Any]:
+    """A tag's manifest digest, its image ID (config digest) and size (config + layers)."""
+    found = reg.get_manifest(repo, tag)
+    if found is None:
+        return {"tag": tag, "digest": None, "image_id": None, "size": None}
+    _, body, digest = found
+    try:
+        manifest = json.loads(body)
+        config = manifest.get("config") or {}
+        size = int(config.get("size", 0)) + sum(int(x.get("size", 0))
+                                                for x in manifest.get("layers") or [])
+        return {"tag": tag, "digest": digest, "image_id": config.get("digest"), "size": size}
+    except (ValueError, AttributeError, TypeError):
+        return {"tag": tag, "digest": digest, "image_id": None, "size": None}

@@ -13,6 +13,7 @@ kept in HOME/http.token.
     GET /                  the page
     GET /api/status        everything `outpost-node status --json` shows
     GET /api/traffic       per-minute bytes and files each way (?minutes=N, default 60)
+    GET /api/registry      the outpost registry: repositories, tags, image IDs, sizes
     GET /chart.svg         that as a chart (?minutes=N)
 """
 

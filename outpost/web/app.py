@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..errors import OutpostError
 from ..home import Home
 from ..node.context import open_node
-from ..report import status_info
+from ..report import registry_view, status_info
 from .chart import traffic_svg
 from .page import PAGE
 
@@ -102,6 +102,10 @@ def chart(home: Home, query: dict[str, list[str]]) -> tuple[bytes, str]:
         "image/svg+xml"
 
 
+def registry(home: Home, _query: dict[str, list[str]]) -> tuple[bytes, str]:
+    return _json(registry_view(home)), "application/json"
+
+
 def page(_home: Home, _query: dict[str, list[str]]) -> tuple[bytes, str]:
     return PAGE.encode(), "text/html"
 
@@ -117,4 +121,5 @@ def traffic_rows(home: Home, minutes: int) -> list[dict[str, Any]]:
         node.state.close()
 
 
-ROUTES = {"/": page, "/api/status": status, "/api/traffic": traffic, "/chart.svg": chart}
+ROUTES = {"/": page, "/api/status": status, "/api/traffic": traffic, "/api/registry": registry,
+          "/chart.svg": chart}

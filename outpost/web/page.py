@@ -23,6 +23,7 @@ th { font-weight: 600; color: #4a5568; } .muted { color: #718096; }
 <h2>Arriving</h2><table id="reassembling"></table>
 <h2>Releases</h2><table id="releases"></table>
 <h2>Applies</h2><table id="applies"></table>
+<h2>Registry</h2><table id="registry"></table>
 <h2>Quarantine</h2><table id="quarantine"></table>
 <script>
 const token = new URLSearchParams(location.search).get("token");
@@ -79,14 +80,29 @@ function render(s) {
   table("quarantine", ["file", "reason", "error"], s.quarantine.map(x =>
     [esc(x.file), esc(x.reason), esc(x.error)]), "nothing refused");
 }
+async function registry() {
+  try {
+    const r = await (await fetch("api/registry" + q, {cache: "no-store"})).json();
+    const rows = [];
+    r.repositories.forEach(repo => repo.tags.forEach(t => rows.push([esc(repo.name),
+      esc(t.tag), short((t.image_id || "").replace("sha256:", "")),
+      t.size == null ? "" : size(t.size)])));
+    table("registry", ["repository", "tag", "image ID", "size"], rows, r.error
+      ? "<span class=bad>" + esc(r.error) + "</span>"
+      : r.registry ? "no images yet" : "no registry here (Earth, or none set)");
+  } catch (e) { /* the status poll reports a node that does not answer */ }
+}
 let polls = 0;
 async function poll() {
   try {
     const r = await fetch("api/status" + q, {cache: "no-store"});
     if (!r.ok) throw new Error(r.status + " " + await r.text());
     render(await r.json());
-    if (polls++ % 5 === 0) document.getElementById("chart").src = "chart.svg" + q +
-      (q ? "&" : "?") + "t=" + Date.now();
+    if (polls++ % 5 === 0) {
+      document.getElementById("chart").src = "chart.svg" + q + (q ? "&" : "?") + "t=" +
+        Date.now();
+      registry();
+    }
   } catch (e) {
     document.getElementById("updated").textContent = "cannot read the node: " + e.message;
   }
