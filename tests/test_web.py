@@ -23,9 +23,11 @@ from .helpers import Pair
 PEER = {"name": str, "srtt": float, "rtt_samples": int, "outbox_files": int}
 SENDING = {"id": str, "kind": str, "peer": str, "size": int, "units": int, "acked": int,
            "in_flight": int, "age": float, "expires_in": float}
+BUNDLE = {"id": str, "kind": str, "peer": str, "size": int, "stage": str, "units": int,
+          "percent": float, "age": float}
 STATUS = {"name": str, "role": str, "home": str, "now": float, "peers": [PEER],
-          "sending": [SENDING], "failed": list, "reassembling": list, "inbox_files": int,
-          "delivered_seen": int, "quarantine": list}
+          "sending": [SENDING], "bundles": [BUNDLE], "failed": list, "reassembling": list,
+          "inbox_files": int, "delivered_seen": int, "quarantine": list}
 EARTH = {**STATUS, "outposts": list, "reports": list, "fleet": dict}
 OUTPOST = {**STATUS, "releases": list, "applies": list, "running": (dict, type(None)),
            "mirror_head": (str, type(None))}
@@ -83,8 +85,11 @@ def test_status_api_matches_its_schema_at_both_ends_while_a_file_crosses(
     data = json.loads(body)
     conforms(data, EARTH)
     assert [m["id"] for m in data["sending"]] == [msg.id]
+    assert [(b["id"], b["stage"]) for b in data["bundles"]] == [(msg.id, "queued")]
     pair.run(lambda: pair.a.node.state.message(msg.id).state == "delivered")
     conforms(json.loads(get(mars + "api/status")[2]), OUTPOST)
+    done = json.loads(get(earth + "api/status")[2])["bundles"]
+    assert [(b["id"], b["stage"], b["percent"]) for b in done] == [(msg.id, "acked", 100.0)]
     for daemon in (pair.a, pair.b):
         daemon.count_traffic()  # the running node does this every few seconds
     traffic = json.loads(get(earth + "api/traffic?minutes=5")[2])

@@ -14,10 +14,10 @@ from ..errors import GitError, OutpostError
 from ..home import Home
 from ..node.context import Node, open_node
 from ..release import git
-from ..store.applies import FINAL, WAITING, ApplyStore
+from ..store.applies import APPLIED, FINAL, WAITING, ApplyStore
 from ..store.releases import IMAGE, LAYER, ReleaseStore
 from ..store.spool import bundle_files, read_reason
-from ..store.state import ACKED, FAILED, FLIGHT, SENDING
+from ..store.state import ACKED, DELIVERED, FAILED, FLIGHT, SENDING, Message, State
 
 if TYPE_CHECKING:
     from ..gateway.registry import Registry
@@ -55,18 +55,51 @@ def _status(node: Node) -> dict[str, Any]:
     failed = [{"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size,
                "why": m.meta.get("why", ""), "age": now - m.created}
               for m in st.messages(FAILED)]
+    journeys = [_journey(node, m, now) for m in st.messages(SENDING)]
+    journeys += [_journey(node, m, now) for m in _finished(st, RECENT)]
     reasm = [{"parent": r["parent"], "src": r["src"], "kind": r["kind"], "total": r["total"],
               "received": r["received"], "fragments": r["count"]}
              for r in st.reassemblies()]
     quarantined = [{"file": p.name, "reason": q.reason, "error": q.error}
                    for p in bundle_files(home.quarantine) if (q := read_reason(p))]
     info = {"name": home.name, "role": home.role, "home": str(home.path), "peers": peers,
-            "sending": sending, "failed": failed, "reassembling": reasm,
+            "sending": sending, "failed": failed, "bundles": journeys, "reassembling": reasm,
             "inbox_files": len(bundle_files(home.inbox)),
             "delivered_seen": st.seen_count(),
             "quarantine": quarantined, "status_page": _status_page(home),
             **release_status(node), **apply_status(node)}
     return info
+
+
+RECENT = 30  # finished messages the bundle journeys show
+
+
+def _finished(st: State, limit: int) -> list[Message]:
+    done = [m for m in st.messages() if m.state != SENDING]
+    return done[-limit:][::-1]
+
+
+def _journey(node: Node, m: Message, now: float) -> dict[str, Any]:
+    """Where a message is on its way: queued (in custody, nothing taken yet), sent (the
+    link took some of it), acked (the peer holds it all), applied (the release it belongs
+    to was applied there); or failed / expired, with why."""
+    units = node.state.units_of(m.id) if m.state == SENDING else []
+    acked = sum(u.size for u in units if u.state == ACKED)
+    stage = m.state
+    if m.state == SENDING:
+        stage = "sent" if any(u.state in (FLIGHT, ACKED) for u in units) else "queued"
+    elif m.state == DELIVERED:
+        release = m.meta.get("release")
+        applied = isinstance(release, str) and ReleaseStore(node.state).reported(
+            m.peer, release, APPLIED)
+        stage = "applied" if applied else "acked"
+    total = sum(u.size for u in units) or m.size
+    return {"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size,
+            "priority": m.priority, "stage": stage, "why": m.meta.get("why", ""),
+            "release": m.meta.get("release"), "units": m.units,
+            "acked_units": sum(u.state == ACKED for u in units),
+            "percent": 100.0 if m.state == DELIVERED else 100.0 * acked / max(total, 1),
+            "age": now - m.created}
 
 
 def _status_page(home: Home) -> str | None:

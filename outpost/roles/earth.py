@@ -137,7 +137,8 @@ class Earth(Role):
             return write_package(package, provider, w).to_meta()
         msg = self.sender.submit(peer, "provider", fill=fill, meta={"release": release},
                                  priority=BULK, via_link=via_link,
-                                 custody={"holds": {PROVIDER: [provider.key]}})
+                                 custody={"holds": {PROVIDER: [provider.key]},
+                                          "release": release})
         return _describe(msg, f"provider {provider}")
 
     def _provider_mirrors(self) -> list[Path]:
@@ -159,7 +160,7 @@ class Earth(Role):
         msg = self.sender.submit(
             peer, "image", fill=self._image_fill(client, facts, set(layers), bases, base_image),
             meta={"release": release}, priority=BULK, via_link=via_link,
-            custody={"holds": {LAYER: wanted, IMAGE: [facts.image_id]}})
+            custody={"holds": {LAYER: wanted, IMAGE: [facts.image_id]}, "release": release})
         layers |= set(facts.diff_ids)
         deltas = f", {len(bases)} as deltas" if bases else ""
         return _describe(msg, f"{facts.ref}: {len(wanted)} of {len(facts.diff_ids)} "
@@ -201,7 +202,8 @@ class Earth(Role):
             with open(bundle if has else os.devnull, "rb") as src:
                 msg = self.sender.submit(
                     peer, "release", src, meta={"release": release.to_meta(), "base": base},
-                    via_link=via_link, custody={"holds": {COMMIT: [release.commit]}})
+                    via_link=via_link, custody={"holds": {COMMIT: [release.commit]},
+                                                "release": release.commit})
         return _describe(msg, f"release {release.id} (config from {(base or 'the start')[:12]})")
 
     def _image_fill(self, client: Engine, facts: Any, held: set[str], bases: dict[str, str],

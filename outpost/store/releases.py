@@ -95,10 +95,13 @@ class ReleaseStore:
                             "ORDER BY at DESC LIMIT 1", peer, *events)
         return {**dict(rows[0]), "detail": json.loads(rows[0]["detail"])} if rows else None
 
-    def refused(self, peer: str, release: str) -> bool:
+    def reported(self, peer: str, release: str, event: str) -> bool:
         return bool(self.state.q(
-            "SELECT 1 FROM reports WHERE peer = ? AND release = ? AND event = 'release-refused'",
-            peer, release))
+            "SELECT 1 FROM reports WHERE peer = ? AND release = ? AND event = ?",
+            peer, release, event))
+
+    def refused(self, peer: str, release: str) -> bool:
+        return self.reported(peer, release, "release-refused")
 
     # Outpost: what the registry holds
     def held_layer(self, digest: str) -> tuple[str, int] | None:

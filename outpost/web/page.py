@@ -19,7 +19,7 @@ th { font-weight: 600; color: #4a5568; } .muted { color: #718096; }
 <div class="muted" id="updated">loading…</div>
 <h2>Link</h2><table id="peers"></table>
 <p><img id="chart" alt="throughput over the last hour" src="chart.svg"></p>
-<h2>Bundles crossing</h2><table id="sending"></table>
+<h2>Bundles</h2><table id="sending"></table>
 <h2>Arriving</h2><table id="reassembling"></table>
 <h2>Releases</h2><table id="releases"></table>
 <h2>Applies</h2><table id="applies"></table>
@@ -45,6 +45,17 @@ function bar(done, all) {
   const pct = all ? Math.round(100 * done / all) : 0;
   return "<span class=bar><i style='width:" + pct + "%'></i></span> " + pct + "%";
 }
+const STAGES = ["queued", "sent", "acked", "applied"];
+function journey(b) {
+  const stages = b.release ? STAGES : STAGES.slice(0, 3);  // only a release's are applied
+  const at = stages.indexOf(b.stage);
+  const tag = "<span class=journey data-id='" + esc(b.id) + "' data-stage='" + esc(b.stage) +
+    "'>";
+  if (at < 0) return tag + "<span class=bad>" + esc(b.stage) + "</span> " + esc(b.why) +
+    "</span>";
+  return tag + stages.map((st, i) => i < at ? st : i === at ? "<b>" + st + "</b>"
+    : "<span class=muted>" + st + "</span>").join(" › ") + "</span>";
+}
 function render(s) {
   document.getElementById("title").textContent = s.role + " node " + s.name;
   document.getElementById("updated").textContent = "home " + s.home + " · updated " +
@@ -52,13 +63,10 @@ function render(s) {
   table("peers", ["peer", "round trip", "samples", "outbox files", "clock"],
     s.peers.map(p => [esc(p.name), ago(p.srtt), p.rtt_samples, p.outbox_files,
       esc(p.clock || (p.clock_offset == null ? "–" : "ok"))]), "no peers trusted yet");
-  const out = s.sending.map(m => [short(m.id), esc(m.kind), esc(m.peer), size(m.size),
-    m.in_flight ? "in flight" : m.acked ? "acked in part" : "queued",
-    bar(m.acked, m.units) + " of " + m.units, ago(m.age)]);
-  s.failed.forEach(m => out.push([short(m.id), esc(m.kind), esc(m.peer), size(m.size),
-    "<span class=bad>failed</span>", esc(m.why), ago(m.age)]));
-  table("sending", ["bundle", "kind", "to", "size", "state", "acked", "age"], out,
-    "nothing in custody: every bundle sent was acknowledged");
+  table("sending", ["bundle", "kind", "to", "size", "journey", "acked", "age"],
+    s.bundles.map(b => [short(b.id), esc(b.kind), esc(b.peer), size(b.size),
+      journey(b), bar(b.percent, 100) + " · " + b.units + " unit(s)", ago(b.age)]),
+    "nothing sent yet");
   table("reassembling", ["bundle", "from", "kind", "size", "received"],
     s.reassembling.map(r => [short(r.parent), esc(r.src), esc(r.kind), size(r.total),
       bar(r.received, r.total)]), "nothing half-arrived");
