@@ -115,3 +115,42 @@ def test_quarantine_purge_needs_a_choice_and_removes_files_with_their_reasons(
     assert "purged 1" in run("quarantine", "purge", "--home", home, rows[0]["file"]).output
     assert "purged 2" in run("quarantine", "purge", "--home", home, "--all").output
     assert list(pair.b_home.quarantine.iterdir()) == []
+
+
+def test_status_watch_prints_one_json_object_a_line(pair: Pair) -> None:
+    import subprocess
+
+    from .procs import tool
+
+    proc = subprocess.Popen([tool("outpost-node"), "status", "--home", str(pair.a_home.path),
+                             "--json", "--watch", "0.2"], stdout=subprocess.PIPE, text=True)
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(json.loads(line))
+        if len(lines) == 3:
+            break
+    proc.terminate()
+    proc.wait(10)
+    assert [x["name"] for x in lines] == ["earth"] * 3
+
+
+def test_json_logs_carry_the_bundle_fields(pair: Pair, tmp_path: Path) -> None:
+    """`start --log-format json`: each line an object; an event about a bundle has its id,
+    kind and peer as fields (here the formatter the node installs, fed by the sender)."""
+    import logging
+
+    from outpost.cli.output import setup_logging
+
+    log_file = tmp_path / "node.log"
+    setup_logging("earth", log_file, False, "json")
+    try:
+        msg = send(pair, 1000)
+        pair.run(lambda: pair.a.node.state.message(msg.id).state == "delivered")
+    finally:
+        logging.getLogger("outpost").handlers.clear()
+    events = [json.loads(line) for line in log_file.read_text().splitlines()]
+    queued = [e for e in events if e["message"].startswith("queued")]
+    assert queued and queued[0]["bundle"] == msg.id and queued[0]["kind"] == "file"
+    assert queued[0]["peer"] == "mars" and queued[0]["node"] == "earth"
+    assert any(e.get("bundle") == msg.id and "delivered" in e["message"] for e in events)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -108,10 +109,13 @@ def trust(home: Path, peer: Path) -> None:
               help="Serve the status page here (port 0: any free port; the URL is written "
                    "to HOME/http.url). Off loopback, requests need HOME/http.token.")
 @click.option("--no-http", is_flag=True, help="No status page.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one object a line, with each bundle's id, kind "
+                                      "and peer as fields (node.log too).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every bundle.")
 def start(role: str | None, home: Path, name: str | None, peers: tuple[Path, ...],
           settings: tuple[str, ...], registry: str | None, docker: str | None, http: str,
-          no_http: bool, verbose: bool) -> None:
+          no_http: bool, log_format: str, verbose: bool) -> None:
     """Run the node in the foreground until SIGINT or SIGTERM.
 
     Example: outpost-node start --home /srv/mars --http 127.0.0.1:8470
@@ -128,7 +132,7 @@ def start(role: str | None, home: Path, name: str | None, peers: tuple[Path, ...
     h = init_home(home, role, name, _pairs(settings), registry=registry, docker=docker)
     for p in peers:
         trust_peer(h, p)
-    setup_logging(h.name, h.path / "node.log", verbose)
+    setup_logging(h.name, h.path / "node.log", verbose, log_format)
     daemon = Daemon(open_node(h, check=True))
     daemon.attach(make_role(daemon.node, daemon.sender, registry, docker))
     server = None if no_http else StatusServer(h, http)
@@ -219,14 +223,33 @@ def _send_one(sender: Sender, file: Path, peer: str, priority: int, lifetime: fl
 
 @cli.command()
 @HOME
-@click.option("--json", "as_json", is_flag=True)
-def status(home: Path, as_json: bool) -> None:
-    """What the node holds: custody, reassembly, link queues, quarantine."""
-    info = status_info(load_home(home))
-    if as_json:
-        emit_json(info)
-        return
-    _print_status(info)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (with "
+              "--watch: one object a line).")
+@click.option("--watch", type=float, is_flag=False, flag_value=2.0, default=None,
+              metavar="[SECONDS]", help="Show it again every SECONDS (2 if not given) until "
+                                        "Ctrl-C.")
+def status(home: Path, as_json: bool, watch: float | None) -> None:
+    """What the node holds: custody, reassembly, link queues, quarantine.
+
+    Example: outpost-node status --home /srv/earth --watch
+    """
+    h = load_home(home)
+    while True:
+        info = status_info(h)
+        if as_json:
+            if watch:
+                click.echo(json.dumps(info, default=str))
+            else:
+                emit_json(info)
+        else:
+            if watch:
+                click.clear()
+            _print_status(info)
+            if watch:
+                click.echo(f"\nevery {watch:g}s; Ctrl-C to stop")
+        if not watch:
+            return
+        time.sleep(max(watch, 0.1))
 
 
 def _print_status(info: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,14 +40,38 @@ class _Formatter(logging.Formatter):
                          "%Y-%m-%dT%H:%M:%S")
 
 
-def setup_logging(node: str, logfile: Path | None, verbose: bool) -> None:
+FIELDS = ("bundle", "kind", "peer", "file", "reason")  # what log calls add as `extra`
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, node, level, message, and the bundle's fields."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__()
+        self.node = node
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "node": self.node, "level": record.levelname.lower(),
+            "message": record.getMessage()}
+        out.update({k: getattr(record, k) for k in FIELDS if getattr(record, k, None)})
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(node: str, logfile: Path | None, verbose: bool,
+                  fmt: str = "text") -> None:
     root = logging.getLogger("outpost")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.handlers.clear()
+    formatter = _JsonFormatter(node) if fmt == "json" else _Formatter(node)
     err = logging.StreamHandler(sys.stderr)
-    err.setFormatter(_Formatter(node))
+    err.setFormatter(formatter)
     root.addHandler(err)
     if logfile is not None:
         f = logging.FileHandler(logfile)
-        f.setFormatter(_Formatter(node))
+        f.setFormatter(formatter)
         root.addHandler(f)

@@ -16,6 +16,12 @@ from ..store.state import State
 log = logging.getLogger("outpost")
 
 
+def about(bundle: str, kind: str | None, peer: str | None) -> dict[str, str | None]:
+    """The `extra` of a log call about one bundle: `--log-format json` prints these as
+    fields (the text format already says them in words)."""
+    return {"bundle": bundle, "kind": kind, "peer": peer}
+
+
 @dataclass
 class Node:
     home: Home

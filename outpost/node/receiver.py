@@ -28,7 +28,7 @@ from ..errors import (
 from ..fsutil import fsync_path, open_regular, publish
 from ..store.spool import quarantine
 from ..store.state import Part
-from .context import Node, log
+from .context import Node, about, log
 from .handlers import Handler, Renames, ack_lists
 from .sender import Sender
 from .stream import MAX_STREAMS, Stream, contiguous
@@ -128,7 +128,8 @@ class Receiver:
         if not os.path.lexists(path):
             return
         target = quarantine(self.node.home.quarantine, path, e.reason, str(e), self.node.clock())
-        log.warning("quarantined %s: %s (%s)", path.name, e, target.name)
+        log.warning("quarantined %s: %s (%s)", path.name, e, target.name,
+                    extra={"file": target.name, "reason": e.reason})
 
     def _whole(self, path: Path, header: Header, *, ack: bool) -> None:
         row = self.node.state.seen(header.src, header.id)
@@ -164,7 +165,7 @@ class Receiver:
         self._record(header, renames)
         self.finish(header.src, header.id)
         log.info("delivered %s %s from %s (%d bytes)", header.kind, header.id, header.src,
-                 header.payload.raw_length)
+                 header.payload.raw_length, extra=about(header.id, header.kind, header.src))
 
     def _record(self, header: Header, renames: Renames) -> None:
         self.node.state.add_seen(header.id, header.src, header.kind, header.expires,

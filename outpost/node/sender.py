@@ -46,7 +46,7 @@ from ..store.state import (
     Message,
     Unit,
 )
-from .context import Node, log
+from .context import Node, about, log
 
 ACK_LIFETIME = 86400.0
 MAX_ROUNDS = 3  # times a whole message is sent again because the peer lost it
@@ -101,7 +101,7 @@ class Sender:
             units = [replace(u, state=CARRIED) for u in units]
         self.node.state.add_message(msg, units)
         log.info("queued %s %s for %s: %d bytes in %d unit(s)", kind, header.id, peer, msg.size,
-                 msg.units)
+                 msg.units, extra=about(header.id, kind, peer))
         if self._deferred is None:
             self.fill(peer)
         else:
@@ -182,7 +182,8 @@ class Sender:
             return
         os.replace(hidden, dest)
         if unit.attempts:
-            log.info("resending %s to %s (attempt %d)", unit.id, unit.peer, unit.attempts + 1)
+            log.info("resending %s to %s (attempt %d)", unit.id, unit.peer, unit.attempts + 1,
+                     extra=about(unit.id, msg.kind, unit.peer))
 
     def _write_repair(self, dest: Path, msg: Message, unit: Unit) -> None:
         """Write repair fragment `unit`, encoding its group once for all its repairs."""
@@ -344,12 +345,14 @@ class Sender:
             self.fail(msg, f"{msg.peer} could not rebuild it from its fragments "
                            f"{MAX_ROUNDS + 1} times ({why})")
             return
-        log.warning("sending %s %s to %s again, all of it: %s", msg.kind, msg.id, msg.peer, why)
+        log.warning("sending %s %s to %s again, all of it: %s", msg.kind, msg.id, msg.peer, why,
+                    extra=about(msg.id, msg.kind, msg.peer))
         self.node.state.send_again(msg.id)
 
     def fail(self, msg: Message, why: str) -> None:
         """Give up on a message for good, once, saying why (status shows it)."""
-        log.error("%s %s to %s failed: %s", msg.kind, msg.id, msg.peer, why)
+        log.error("%s %s to %s failed: %s", msg.kind, msg.id, msg.peer, why,
+                  extra=about(msg.id, msg.kind, msg.peer))
         self._release(msg, FAILED, why)
 
     def expire(self) -> None:
@@ -357,7 +360,7 @@ class Sender:
         for msg in self.node.state.messages(SENDING):
             if msg.expires <= now:
                 log.warning("%s %s to %s expired before it was acknowledged", msg.kind, msg.id,
-                            msg.peer)
+                            msg.peer, extra=about(msg.id, msg.kind, msg.peer))
                 self._release(msg, EXPIRED)
 
     def _release(self, msg: Message, state: str, why: str = "") -> None:
@@ -409,7 +412,8 @@ class Sender:
                 self._send_again(msg, f"{peer} lost its reassembly")
 
     def _delivered(self, msg: Message) -> None:
-        log.info("%s %s delivered to %s", msg.kind, msg.id, msg.peer)
+        log.info("%s %s delivered to %s", msg.kind, msg.id, msg.peer,
+                 extra=about(msg.id, msg.kind, msg.peer))
         self._release(msg, DELIVERED)
         if self.on_delivered is not None:
             self.on_delivered(msg)
