@@ -154,3 +154,26 @@ def test_json_logs_carry_the_bundle_fields(pair: Pair, tmp_path: Path) -> None:
     assert queued and queued[0]["bundle"] == msg.id and queued[0]["kind"] == "file"
     assert queued[0]["peer"] == "mars" and queued[0]["node"] == "earth"
     assert any(e.get("bundle") == msg.id and "delivered" in e["message"] for e in events)
+
+
+def test_earth_takes_an_outposts_latest_report_by_when_it_was_made(pair: Pair) -> None:
+    """Reports that arrive out of order (a lost one resent later): Earth's view of the
+    outpost's last apply is the one the outpost made last, not the last to arrive."""
+    import time
+
+    from outpost.roles.earth import Earth
+    from outpost.store.releases import ReleaseStore
+
+    from .helpers import header
+
+    earth = Earth(pair.a.node, pair.a.sender)
+    now = time.time()
+    newer = header(src="mars", dst="earth", kind="report", created=now,
+                   meta={"event": "applied", "release": "b" * 40})
+    older = header(src="mars", dst="earth", kind="report", created=now - 30,
+                   meta={"event": "failed", "release": "a" * 40, "reason": "old"})
+    earth.on_report(newer, Path("unused"))
+    pair.clock.advance(5)
+    earth.on_report(older, Path("unused"))  # arrives last
+    last = ReleaseStore(pair.a.node.state).last_report("mars", ("applied", "failed"))
+    assert last is not None and last["event"] == "applied" and last["release"] == "b" * 40

@@ -272,9 +272,10 @@ class Earth(Role):
     def on_report(self, header: Header, path: Path) -> None:
         meta = header.meta
         event, release = str(meta.get("event", "?")), meta.get("release")
+        # Dated when the outpost made it: a lossy link delivers reports out of order, and
+        # "the last report" must be the outpost's latest, not the latest to arrive.
         self.store.add_report(header.src, event, release if isinstance(release, str) else None,
-                              {k: v for k, v in meta.items() if k != "event"},
-                              self.node.clock())
+                              {k: v for k, v in meta.items() if k != "event"}, header.created)
         level = 30 if event in WARNING_EVENTS else 20
         log.log(level, "%s reports %s for %s: %s", header.src, event, release,
                 meta.get("error") or meta.get("head") or "")
