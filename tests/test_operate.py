@@ -177,3 +177,16 @@ def test_earth_takes_an_outposts_latest_report_by_when_it_was_made(pair: Pair) -
     earth.on_report(older, Path("unused"))  # arrives last
     last = ReleaseStore(pair.a.node.state).last_report("mars", ("applied", "failed"))
     assert last is not None and last["event"] == "applied" and last["release"] == "b" * 40
+
+
+def test_the_eta_is_what_is_left_at_the_links_bandwidth_plus_a_round_trip(
+        tmp_path: Path) -> None:
+    pair = Pair(tmp_path, fragment_size="64k", bandwidth="100k")
+    msg = send(pair, 400_000)
+    [row] = json.loads(run("custody", "ls", "--home", str(pair.a_home.path), "--json").output)
+    assert row["id"] == msg.id
+    assert row["eta"] == pytest.approx(row["bytes_left"] / 102_400 + 1.0)
+    from outpost.report import status_info
+
+    [bundle] = status_info(pair.a_home)["bundles"]
+    assert bundle["eta"] == pytest.approx(row["eta"])

@@ -24,6 +24,7 @@ PEER = {"name": str, "srtt": float, "rtt_samples": int, "outbox_files": int}
 SENDING = {"id": str, "kind": str, "peer": str, "size": int, "units": int, "acked": int,
            "in_flight": int, "age": float, "expires_in": float}
 BUNDLE = {"id": str, "kind": str, "peer": str, "size": int, "stage": str, "units": int,
+          "bytes_left": int, "eta": (float, int, type(None)),
           "percent": float, "age": float}
 STATUS = {"name": str, "role": str, "home": str, "now": float, "peers": [PEER],
           "sending": [SENDING], "bundles": [BUNDLE], "failed": list, "reassembling": list,

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..home import Home, load_home
 from ..node.context import Node, open_node
 from ..node.sender import Sender
+from ..report import eta
 from ..store.spool import REASON, bundle_files, read_reason
 from ..store.state import ACKED, FAILED, SENDING, Message
 from ..units import parse_duration
@@ -59,13 +60,11 @@ def _progress(node: Node, m: Message) -> dict[str, Any]:
     acked = sum(u.size for u in units if u.state == ACKED)
     total = sum(u.size for u in units) or m.size
     left = max(total - acked, 0) if m.state == SENDING else 0
-    s = node.home.settings
-    rtt = node.state.rtt(m.peer, s.rtt).srtt
-    eta = None if not s.bandwidth or m.state != SENDING else left / s.bandwidth + rtt
     return {"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size, "units": m.units,
             "acked_units": sum(u.state == ACKED for u in units), "bytes_acked": acked,
             "bytes_left": left, "percent": 100.0 * acked / total if total else 100.0,
-            "eta": eta, "state": m.state, "why": m.meta.get("why", ""),
+            "eta": eta(node, m.peer, left) if m.state == SENDING else None,
+            "state": m.state, "why": m.meta.get("why", ""),
             "age": time.time() - m.created}
 
 

@@ -94,12 +94,24 @@ def _journey(node: Node, m: Message, now: float) -> dict[str, Any]:
             m.peer, release, APPLIED)
         stage = "applied" if applied else "acked"
     total = sum(u.size for u in units) or m.size
+    left = max(total - acked, 0) if m.state == SENDING else 0
     return {"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size,
             "priority": m.priority, "stage": stage, "why": m.meta.get("why", ""),
             "release": m.meta.get("release"), "units": m.units,
-            "acked_units": sum(u.state == ACKED for u in units),
+            "acked_units": sum(u.state == ACKED for u in units), "bytes_left": left,
             "percent": 100.0 if m.state == DELIVERED else 100.0 * acked / max(total, 1),
+            "eta": eta(node, m.peer, left) if m.state == SENDING else None,
             "age": now - m.created}
+
+
+def eta(node: Node, peer: str, bytes_left: int) -> float | None:
+    """Seconds until what is left of a message is acknowledged: its bytes at the link's
+    `bandwidth` and one round trip; None where the bandwidth is not set. (The link's
+    contact windows are link-sim's or the operator's knowledge, not the node's.)"""
+    s = node.home.settings
+    if not s.bandwidth:
+        return None
+    return bytes_left / s.bandwidth + node.state.rtt(peer, s.rtt).srtt
 
 
 def _status_page(home: Home) -> str | None:

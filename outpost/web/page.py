@@ -63,9 +63,10 @@ function render(s) {
   table("peers", ["peer", "round trip", "samples", "outbox files", "clock"],
     s.peers.map(p => [esc(p.name), ago(p.srtt), p.rtt_samples, p.outbox_files,
       esc(p.clock || (p.clock_offset == null ? "–" : "ok"))]), "no peers trusted yet");
-  table("sending", ["bundle", "kind", "to", "size", "journey", "acked", "age"],
+  table("sending", ["bundle", "kind", "to", "size", "journey", "acked", "left", "ETA", "age"],
     s.bundles.map(b => [short(b.id), esc(b.kind), esc(b.peer), size(b.size),
-      journey(b), bar(b.percent, 100) + " · " + b.units + " unit(s)", ago(b.age)]),
+      journey(b), bar(b.percent, 100) + " · " + b.units + " unit(s)",
+      b.bytes_left ? size(b.bytes_left) : "", b.eta == null ? "" : ago(b.eta), ago(b.age)]),
     "nothing sent yet");
   table("reassembling", ["bundle", "from", "kind", "size", "received"],
     s.reassembling.map(r => [short(r.parent), esc(r.src), esc(r.kind), size(r.total),
