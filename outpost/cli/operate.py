@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +42,9 @@ def custody_ls(home: Path, as_json: bool) -> None:
 
     Example: outpost-node custody ls --home /srv/earth
     """
-    node = open_node(load_home(home))
-    try:
+    with _opened(home) as node:
         rows = [_progress(node, m) for m in node.state.messages(SENDING)]
         rows += [_progress(node, m) for m in node.state.messages(FAILED)]
-    finally:
-        node.state.close()
     if as_json:
         emit_json(rows)
         return
@@ -76,16 +75,13 @@ def custody_retry(home: Path, ids: tuple[str, ...]) -> None:
 
     Example: outpost-node custody retry --home /srv/earth 3f2a9c
     """
-    node = open_node(load_home(home))
-    try:
+    with _opened(home) as node:
         for msg in _messages(node, ids):
             if msg.state != SENDING:
                 raise ConfigError(f"{msg.id} is {msg.state}, not in custody any more: send it "
                                   "again with `outpost-node send` or `publish`")
             n = node.state.resend_unacked(msg.id)
             click.echo(f"{msg.id}: {n} unit(s) go out again as the outbox has room")
-    finally:
-        node.state.close()
 
 
 @custody.command("drop")
@@ -96,13 +92,19 @@ def custody_drop(home: Path, ids: tuple[str, ...]) -> None:
 
     Example: outpost-node custody drop --home /srv/earth 3f2a9c
     """
-    node = open_node(load_home(home))
-    try:
+    with _opened(home) as node:
         sender = Sender(node)
         for msg in _messages(node, ids):
             if msg.state == SENDING:
                 sender.fail(msg, "dropped by hand (outpost-node custody drop)")
             click.echo(f"{msg.id}: dropped")
+
+
+@contextmanager
+def _opened(home: Path) -> Iterator[Node]:
+    node = open_node(load_home(home))
+    try:
+        yield node
     finally:
         node.state.close()
 
@@ -160,13 +162,9 @@ def quarantine_show(home: Path, name: str, as_json: bool) -> None:
 
     Example: outpost-node quarantine show --home /srv/mars 01764...-bundle.opb
     """
-    h = load_home(home)
-    path = _in_quarantine(h, name)
-    node = open_node(h)
-    try:
+    path = _in_quarantine(load_home(home), name)
+    with _opened(home) as node:
         keys = node.state.keyring()
-    finally:
-        node.state.close()
     now_check = describe(inspect(path, keys, Limits(), full=True), time.time())
     info = {**_quarantined(path), "now": now_check}
     if as_json:

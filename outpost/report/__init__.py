@@ -17,7 +17,7 @@ from ..release import git
 from ..store.applies import APPLIED, FINAL, WAITING, ApplyStore
 from ..store.releases import IMAGE, LAYER, ReleaseStore
 from ..store.spool import bundle_files, read_reason
-from ..store.state import ACKED, DELIVERED, FAILED, FLIGHT, SENDING, Message, State
+from ..store.state import ACKED, DELIVERED, FAILED, FLIGHT, SENDING, Message, Unit
 
 if TYPE_CHECKING:
     from ..gateway.registry import Registry
@@ -44,7 +44,7 @@ def _status(node: Node) -> dict[str, Any]:
                       "outbox_files": len(bundle_files(home.outbox(peer))),
                       "clock_offset": offset,
                       "clock": clock_verdict(offset, s.clock_skew, s.rtt)})
-    sending = []
+    sending, journeys = [], []
     for m in st.messages(SENDING):
         units = st.units_of(m.id)
         sending.append({"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size,
@@ -52,11 +52,11 @@ def _status(node: Node) -> dict[str, Any]:
                         "in_flight": sum(u.state == FLIGHT for u in units),
                         "age": now - m.created, "expires_in": m.expires - now,
                         "resent_whole": m.rounds})
+        journeys.append(_journey(node, m, units, now))
     failed = [{"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size,
                "why": m.meta.get("why", ""), "age": now - m.created}
               for m in st.messages(FAILED)]
-    journeys = [_journey(node, m, now) for m in st.messages(SENDING)]
-    journeys += [_journey(node, m, now) for m in _finished(st, RECENT)]
+    journeys += [_journey(node, m, [], now) for m in st.finished_messages(RECENT)]
     reasm = [{"parent": r["parent"], "src": r["src"], "kind": r["kind"], "total": r["total"],
               "received": r["received"], "fragments": r["count"]}
              for r in st.reassemblies()]
@@ -74,16 +74,11 @@ def _status(node: Node) -> dict[str, Any]:
 RECENT = 30  # finished messages the bundle journeys show
 
 
-def _finished(st: State, limit: int) -> list[Message]:
-    done = [m for m in st.messages() if m.state != SENDING]
-    return done[-limit:][::-1]
-
-
-def _journey(node: Node, m: Message, now: float) -> dict[str, Any]:
-    """Where a message is on its way: queued (in custody, nothing taken yet), sent (the
-    link took some of it), acked (the peer holds it all), applied (the release it belongs
-    to was applied there); or failed / expired, with why."""
-    units = node.state.units_of(m.id) if m.state == SENDING else []
+def _journey(node: Node, m: Message, units: list[Unit], now: float) -> dict[str, Any]:
+    """Where a message is on its way (`units`: its units, while in custody): queued (in
+    custody, nothing taken yet), sent (the link took some of it), acked (the peer holds it
+    all), applied (the release it belongs to was applied there); or failed / expired,
+    with why."""
     acked = sum(u.size for u in units if u.state == ACKED)
     stage = m.state
     if m.state == SENDING:

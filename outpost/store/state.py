@@ -238,6 +238,11 @@ class State:
         return [_message(r) for r in
                 self.q("SELECT * FROM messages WHERE state = ? ORDER BY created", state)]
 
+    def finished_messages(self, limit: int) -> list[Message]:
+        """The newest `limit` messages no longer in custody, newest first."""
+        return [_message(r) for r in self.q("SELECT * FROM messages WHERE state != ? "
+                                            "ORDER BY created DESC LIMIT ?", SENDING, limit)]
+
     def units(self, peer: str, state: str) -> list[Unit]:
         rows = self.q(
             "SELECT units.* FROM units JOIN messages ON messages.id = units.msg "
