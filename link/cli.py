@@ -1,7 +1,7 @@
 """The `link-sim` command: a simulated link between two Outpost node homes.
 
     link-sim --a HOME_A --b HOME_B [--profile NAME|FILE] [link flags] [--state DIR]
-             [--stats FILE] [--until-idle] [-v]
+             [--stats FILE] [--until-idle] [--live/--no-live] [-v|-q]
     link-sim profiles            (or --list-profiles)
 
 See docs/link-sim.md.
@@ -9,12 +9,14 @@ See docs/link-sim.md.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from .plan import parse_plan_duration
+from outpost.contact import parse_plan_duration
+
 from .profiles import BUILTIN, ProfileError, describe, load_profile, resolve
 from .sim import EventLog, SimOptions, Simulator, default_state_dir
 from .state import StateError
@@ -117,7 +119,13 @@ def _list_profiles(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     type=DURATION,
     default="10s",
     show_default=True,
-    help="Period of the summary line (without -v).",
+    help="Period of the summary line (without -v, and not with the live view).",
+)
+@click.option(
+    "--live/--no-live",
+    default=None,
+    help="One line per direction, redrawn 4 times a second in place of the summary line "
+    "[default: on when stderr is a terminal and neither -v nor -q is given].",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log every event (taken, delivered, ...).")
 @click.option("-q", "--quiet", is_flag=True, help="Log only problems and the final summary.")
@@ -136,6 +144,8 @@ def cli(ctx: click.Context, /, **opts: Any) -> None:
     Moves files from HOME_A/outbox/<B's name>/ to HOME_B/inbox/ and from
     HOME_B/outbox/<A's name>/ to HOME_A/inbox/, with latency, jitter, loss, duplication,
     corruption, reordering, a bandwidth limit and contact windows.
+
+    Example: link-sim --a /srv/earth --b /srv/mars --profile mars --latency 60s
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -175,6 +185,7 @@ def cli(ctx: click.Context, /, **opts: Any) -> None:
         summary_every=opts["summary_every"],
         verbose=opts["verbose"],
         quiet=opts["quiet"],
+        live=live_view(opts["live"], opts["verbose"], opts["quiet"]),
     )
     try:
         Simulator(options, EventLog(options.verbose, options.quiet)).run()
@@ -182,9 +193,19 @@ def cli(ctx: click.Context, /, **opts: Any) -> None:
         raise click.ClickException(str(e)) from None
 
 
+def live_view(asked: bool | None, verbose: bool, quiet: bool) -> bool:
+    """--live/--no-live, or by default only where a person watches and no log scrolls."""
+    if asked is not None:
+        return asked
+    return sys.stderr.isatty() and not (verbose or quiet)
+
+
 @cli.command()
 def profiles() -> None:
-    """Print the built-in profiles."""
+    """Print the built-in profiles.
+
+    Example: link-sim profiles
+    """
     print_profiles()
 
 

@@ -16,7 +16,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from .plan import Schedule
+from outpost.contact import Schedule
 
 # Extra delay of a reordered file, as a multiple of its "overtaking span" (see _reorder_delay).
 _REORDER_MIN_FRACTION = 0.5

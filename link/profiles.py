@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from outpost.contact import ContactPlan, ContactPlanError, parse_contact_plan, parse_plan_duration
 from outpost.errors import OutpostError
 from outpost.units import parse_size
 
 from .model import LinkParams
-from .plan import ContactPlan, ContactPlanError, parse_contact_plan, parse_plan_duration
 
 DURATION_KEYS = ("latency", "jitter")
 PROBABILITY_KEYS = ("loss", "duplicate", "corrupt", "reorder")

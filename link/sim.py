@@ -25,11 +25,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from outpost.contact import Schedule
 from outpost.fsutil import atomic_write_bytes, is_transient_name
 from outpost.units import format_duration, format_size
 
+from .live import LiveLines, Throughput, direction_line
 from .model import Direction, Transfer, direction_rng
-from .plan import Schedule
 from .profiles import LinkConfig
 from .state import Item, Lane, LostPayload, StateDir, utc_text
 
@@ -63,6 +64,7 @@ class SimOptions:
     summary_every: float = SUMMARY_EVERY
     verbose: bool = False
     quiet: bool = False
+    live: bool = False  # one line per direction, redrawn in place (a terminal on stderr)
 
 
 def default_state_dir(home_a: Path, home_b: Path) -> Path:
@@ -79,6 +81,7 @@ class EventLog:
         self.verbose = verbose
         self.quiet = quiet
         self.stream = stream if stream is not None else sys.stderr
+        self.live: LiveLines | None = None  # erased before each line, redrawn on the next tick
 
     def event(self, text: str) -> None:
         if self.verbose:
@@ -93,6 +96,8 @@ class EventLog:
         self._write(text)
 
     def _write(self, text: str) -> None:
+        if self.live is not None:
+            self.live.erase()
         print(f"{utc_text(time.time())} link-sim {text}", file=self.stream, flush=True)
 
 
@@ -433,6 +438,9 @@ class Simulator:
         self.origin = self.started
         self._stopping: str | None = None
         self._stats_error: str | None = None
+        self.live = LiveLines(log.stream) if options.live else None
+        log.live = self.live
+        self._rates = {A_TO_B: Throughput(), B_TO_A: Throughput()}
 
     def stop(self, signum: int, _frame: FrameType | None) -> None:
         self._stopping = signal.Signals(signum).name
@@ -447,6 +455,8 @@ class Simulator:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self.live is not None:
+                self.live.erase()  # the final summary takes their place
             self._final_report()
             state.close()
         return 0
@@ -477,8 +487,9 @@ class Simulator:
             if now - last_stats >= STATS_EVERY:
                 self._write_stats(now, running=True)
                 last_stats = now
+            self._show_live(now)
             if now - last_summary >= opts.summary_every and not opts.verbose:
-                if last_summary > -math.inf:
+                if last_summary > -math.inf and self.live is None:  # the live view replaces it
                     self.log.note(self._summary())
                 last_summary = now
             if opts.until_idle:
@@ -489,6 +500,16 @@ class Simulator:
                 else:
                     idle_since = None
             time.sleep(self._pause(time.time()))
+
+    def _show_live(self, now: float) -> None:
+        if self.live is None or not self.live.due():
+            return
+        lines = []
+        for channel in self.channels:
+            stats = channel.stats_json(now)
+            rate = self._rates[channel.label].add(now, stats["delivered"]["bytes"])
+            lines.append(direction_line(channel.label, stats, rate, now))
+        self.live.draw(lines)
 
     def _pause(self, now: float) -> float:
         """Sleep until the next poll, or sooner if a delivery is due before it."""
@@ -512,7 +533,8 @@ class Simulator:
         try:
             atomic_write_bytes(path, _json_bytes(self.stats_json(now, running)))
         except OSError as e:
-            complaint = f"cannot write stats to {path}: {e}"
+            # the error's own file name is a random temporary one: say it once by its cause
+            complaint = f"cannot write stats to {path}: {e.strerror or e}"
             if complaint != self._stats_error:  # once, not twice a second
                 self.log.warn(complaint)
             self._stats_error = complaint

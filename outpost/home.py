@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .codec.header import valid_node_name
+from .contact import ContactPlanError, Schedule, parse_contact_plan, parse_iso_time
 from .errors import ConfigError
 from .fsutil import atomic_write_bytes
 from .units import parse_address, parse_duration, parse_size
@@ -62,6 +63,10 @@ class Settings:
     expected_loss: float = 0.0
     fec_target: float = 0.995  # chance a group rebuilds with no resend
     fec_max: float = 1.0  # repairs at most this many times a group's data
+    # when the link is up (docs/link-sim.md's format; relative to the home or absolute),
+    # for every peer; relative windows count from contact_origin (an ISO-8601 time)
+    contact_plan: str | None = None
+    contact_origin: str | None = None
 
     def __post_init__(self) -> None:
         if self.fec not in FEC_MODES:
@@ -73,6 +78,11 @@ class Settings:
             raise ConfigError(f"fec_target must be between 0 and 1 (got {self.fec_target})")
         if self.fec_max <= 0:
             raise ConfigError(f"fec_max must be positive (got {self.fec_max})")
+        if self.contact_origin is not None:
+            try:
+                parse_iso_time(self.contact_origin)
+            except ValueError as e:
+                raise ConfigError(f"contact_origin: {e}") from None
 
     @property
     def rto_cap(self) -> float:
@@ -217,6 +227,27 @@ class Home:
 
     def outbox(self, peer: str) -> Path:
         return self.path / "outbox" / peer
+
+    def contact_schedule(self) -> Schedule | None:
+        """When the link is up, from [delivery] contact_plan; None without a plan (as far
+        as the node knows, then, the link is always up). Read each time: an operator may
+        update the plan while the node runs."""
+        s = self.settings
+        if not s.contact_plan:
+            return None
+        path = self.path / s.contact_plan
+        try:
+            plan = parse_contact_plan(path.read_text(), str(path))
+        except OSError as e:
+            raise ConfigError(f"[delivery] contact_plan: cannot read {path}: "
+                              f"{e.strerror or e}") from None
+        except ContactPlanError as e:
+            raise ConfigError(f"[delivery] contact_plan: {e}") from None
+        if plan.uses_origin and s.contact_origin is None:
+            raise ConfigError(f"{path} has windows relative to an origin: set [delivery] "
+                              "contact_origin to the time they count from (ISO-8601; "
+                              "link-sim's is \"origin\" in its --stats file)")
+        return plan.bind(parse_iso_time(s.contact_origin) if s.contact_origin else 0.0)
 
     def signing_seed(self) -> bytes:
         try:

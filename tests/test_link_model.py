@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from link.model import Direction, LinkParams, apply_patch, direction_rng
-from link.plan import ContactPlanError, Schedule, parse_contact_plan, parse_plan_duration
 from link.profiles import BUILTIN, ProfileError, load_profile, resolve
+from outpost.contact import ContactPlanError, Schedule, parse_contact_plan, parse_plan_duration
 
 ORIGIN = 1_000_000.0
 N = 20_000

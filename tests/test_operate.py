@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -190,3 +191,28 @@ def test_the_eta_is_what_is_left_at_the_links_bandwidth_plus_a_round_trip(
 
     [bundle] = status_info(pair.a_home)["bundles"]
     assert bundle["eta"] == pytest.approx(row["eta"])
+
+
+def _commands(group: click.Group, path: list[str]) -> list[list[str]]:
+    found = [path]
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found += _commands(command, [*path, name])
+        else:
+            found.append([*path, name])
+    return found
+
+
+def test_every_command_has_help_with_an_example_and_h_works() -> None:
+    for path in _commands(cli, []):
+        out = run(*path, "-h")
+        assert out.exit_code == 0, (path, out.output)
+        assert "Example:" in out.output, f"outpost-node {' '.join(path)} -h has no example"
+
+
+def test_link_sim_help_has_examples_too() -> None:
+    from link.cli import cli as link_cli
+
+    for path in _commands(link_cli, []):
+        out = CliRunner().invoke(link_cli, [*path, "-h"])
+        assert out.exit_code == 0 and "Example:" in out.output, (path, out.output)

@@ -20,7 +20,8 @@ from outpost.web import StatusServer, listen_address
 from .helpers import Pair
 
 # the API's shape: key -> type (a dict: nested object; a list of one dict: list of those)
-PEER = {"name": str, "srtt": float, "rtt_samples": int, "outbox_files": int}
+PEER = {"name": str, "srtt": float, "rtt_samples": int, "outbox_files": int,
+        "window": (dict, type(None))}
 SENDING = {"id": str, "kind": str, "peer": str, "size": int, "units": int, "acked": int,
            "in_flight": int, "age": float, "expires_in": float}
 BUNDLE = {"id": str, "kind": str, "peer": str, "size": int, "stage": str, "units": int,

@@ -22,7 +22,10 @@ from .releases import HOME, JSON, node_of_role
                                "newest ready release).")
 @JSON
 def apply_(home: Path, commit: str | None, as_json: bool) -> None:
-    """Apply a release now, by hand: also one that failed or was rolled back."""
+    """Apply a release now, by hand: also one that failed or was rolled back.
+
+    Example: outpost-node apply --home /srv/mars --commit 3f2a9c1
+    """
     from ..apply.loop import resolve_release
 
     node = node_of_role(home, "outpost")
@@ -34,7 +37,10 @@ def apply_(home: Path, commit: str | None, as_json: bool) -> None:
 @HOME
 @JSON
 def rollback(home: Path, as_json: bool) -> None:
-    """Go back one release: apply again the release that ran before the running one."""
+    """Go back one release: apply again the release that ran before the running one.
+
+    Example: outpost-node rollback --home /srv/mars
+    """
     from ..apply.loop import previous_release
 
     node = node_of_role(home, "outpost")

@@ -64,7 +64,10 @@ def describe(ins: Inspection, now: float) -> dict[str, Any]:
 
 @click.group("bundles")
 def bundles() -> None:
-    """Inspect folders of bundles (inbox, outbox, quarantine, or any copy of them)."""
+    """Inspect folders of bundles (inbox, outbox, quarantine, or any copy of them).
+
+    Example: outpost-node bundles ls /srv/earth/outbox/mars
+    """
 
 
 @bundles.command("ls")
@@ -73,7 +76,10 @@ def bundles() -> None:
               "(default: the home DIRECTORY is in).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def ls(directory: Path, home: Path | None, as_json: bool) -> None:
-    """List the bundles in DIRECTORY with their signature check."""
+    """List the bundles in DIRECTORY with their signature check.
+
+    Example: outpost-node bundles ls /srv/mars/quarantine --json
+    """
     keys, now = keyring_for(directory, home), time.time()
     rows = [describe(inspect(p, keys, Limits()), now) for p in bundle_files(directory)]
     if as_json:
@@ -98,7 +104,10 @@ def _row(r: dict[str, Any]) -> list[str]:
 @click.option("--home", type=click.Path(path_type=Path), help="Home whose trusted keys to use.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def show(file: Path, home: Path | None, as_json: bool) -> None:
-    """Show one bundle's header and verify it completely (signature and payload)."""
+    """Show one bundle's header and verify it completely (signature and payload).
+
+    Example: outpost-node bundles show /media/usb/4f1c2e.opb
+    """
     keys = keyring_for(file.parent, home)
     r = describe(inspect(file, keys, Limits(), full=True), time.time())
     if as_json:

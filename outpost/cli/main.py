@@ -18,17 +18,20 @@ from ..home import ROLES, is_home, load_home
 from ..node.context import open_node
 from ..node.sender import Sender
 from ..node.setup import init_home, repair_home, trust_peer
+from ..progress import Meter
 from ..report import status_info
 from ..store.state import Message
 from ..units import parse_duration
 from .applies import apply_commands, print_apply_status
 from .bundles import bundles
 from .operate import operate_commands
-from .output import age, emit_json, setup_logging, size, table
+from .output import age, emit_json, setup_logging, size, table, window_text
+from .progress import progress_bars
 from .releases import print_release_status, release_commands
 
 HOME = click.option("--home", required=True, type=click.Path(path_type=Path),
                     help="The node's home directory.")
+BIG_SEND = 8 * 1024 * 1024  # bars below this would only flash by
 PRIORITIES = {"bulk": BULK, "normal": NORMAL, "expedited": EXPEDITED}
 DOCKER = click.option("--docker", metavar="URL",
                       help="Outpost: the Docker daemon releases run on (default: DOCKER_HOST), "
@@ -38,7 +41,10 @@ DOCKER = click.option("--docker", metavar="URL",
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="outpost")
 def cli() -> None:
-    """Outpost node: keep a remote site's services up to date over a slow, lossy link."""
+    """Outpost node: keep a remote site's services up to date over a slow, lossy link.
+
+    Example: outpost-node start --home /srv/mars (docs/cli.md has them all)
+    """
 
 
 cli.add_command(bundles)
@@ -65,7 +71,10 @@ for _command in [*release_commands, *apply_commands, *operate_commands]:
 def init(role: str, home: Path, name: str | None, settings: tuple[str, ...],
          template: Path | None, registry: str | None, docker: str | None,
          registry_tls: bool, tls_names: tuple[str, ...]) -> None:
-    """Create a node home: keys, folders, state (and Earth's config repo)."""
+    """Create a node home: keys, folders, state (and Earth's config repo).
+
+    Example: outpost-node init --role outpost --home /srv/mars --registry 127.0.0.1:5000
+    """
     h = init_home(home, role, name, _pairs(settings), template=template, registry=registry,
                   docker=docker, registry_tls=registry_tls, tls_names=tls_names)
     click.echo(f"{h.role} node {h.name!r} at {h.path}; public key {h.pub_file}")
@@ -88,7 +97,10 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
 @HOME
 @click.argument("peer", type=click.Path(exists=True, path_type=Path))
 def trust(home: Path, peer: Path) -> None:
-    """Trust PEER (its home directory or its node.pub file)."""
+    """Trust PEER (its home directory or its node.pub file).
+
+    Example: outpost-node trust --home /srv/mars /media/usb/earth.pub
+    """
     name = trust_peer(load_home(home), peer)
     click.echo(f"trusting {name}; its bundles go to {home / 'outbox' / name}")
 
@@ -197,10 +209,12 @@ def send(home: Path, peer: str, priority: str, lifetime: str | None, as_json: bo
     node = open_node(load_home(home))
     sender = Sender(node)
     sent: list[dict[str, Any]] = []
-    with sender.deferring_fill():  # the outbox is written once, after every file is packed
+    big = sum(f.stat().st_size for f in files) >= BIG_SEND
+    # the outbox is written once, after every file is packed
+    with sender.deferring_fill(), progress_bars(show=big and not as_json) as meter:
         for file in files:
             msg = _send_one(sender, file, peer, PRIORITIES[priority],
-                            parse_duration(lifetime) if lifetime else None, as_json)
+                            parse_duration(lifetime) if lifetime else None, meter)
             sent.append({"id": msg.id, "file": str(file), "peer": peer, "size": msg.size,
                          "units": msg.units})
     if as_json:
@@ -212,13 +226,11 @@ def send(home: Path, peer: str, priority: str, lifetime: str | None, as_json: bo
 
 
 def _send_one(sender: Sender, file: Path, peer: str, priority: int, lifetime: float | None,
-              quiet: bool) -> Message:
-    total = file.stat().st_size
-    with open(file, "rb") as src, click.progressbar(
-            length=total, label=f"packing {file.name}", file=sys.stderr,
-            hidden=quiet or total < 8 * 1024 * 1024) as bar:
+              meter: Meter) -> Message:
+    with open(file, "rb") as src:
         return sender.submit(peer, "file", src, meta={"name": file.name}, priority=priority,
-                             lifetime=lifetime, progress=bar.update)
+                             lifetime=lifetime,
+                             progress=meter(f"packing {file.name}", file.stat().st_size))
 
 
 @cli.command()
@@ -256,9 +268,10 @@ def _print_status(info: dict[str, Any]) -> None:
     click.echo(f"{info['role']} node {info['name']} at {info['home']}")
     if info["status_page"]:
         click.echo(f"status page: {info['status_page']}")
-    table(["PEER", "RTT", "SAMPLES", "OUTBOX", "CLOCK"],
+    table(["PEER", "RTT", "SAMPLES", "OUTBOX", "CLOCK", "WINDOW"],
           [[p["name"], age(p["srtt"]), p["rtt_samples"], p["outbox_files"],
-            p["clock"] or ("ok" if p["clock_offset"] is not None else "-")]
+            p["clock"] or ("ok" if p["clock_offset"] is not None else "-"),
+            window_text(p["window"], info["now"])]
            for p in info["peers"]])
     click.echo(f"\nsending ({len(info['sending'])}):")
     table(["ID", "KIND", "TO", "SIZE", "ACKED", "IN FLIGHT", "AGE", "EXPIRES IN"],

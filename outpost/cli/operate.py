@@ -20,9 +20,9 @@ from ..errors import ConfigError
 from ..home import Home, load_home
 from ..node.context import Node, open_node
 from ..node.sender import Sender
-from ..report import eta
+from ..report import message_progress
 from ..store.spool import REASON, bundle_files, read_reason
-from ..store.state import ACKED, FAILED, SENDING, Message
+from ..store.state import FAILED, SENDING, Message
 from ..units import parse_duration
 from .bundles import describe
 from .output import age, emit_json, size, table
@@ -31,7 +31,10 @@ from .releases import HOME, JSON
 
 @click.group()
 def custody() -> None:
-    """Messages this node holds until their peer acknowledges them."""
+    """Messages this node holds until their peer acknowledges them.
+
+    Example: outpost-node custody ls --home /srv/earth
+    """
 
 
 @custody.command("ls")
@@ -43,8 +46,10 @@ def custody_ls(home: Path, as_json: bool) -> None:
     Example: outpost-node custody ls --home /srv/earth
     """
     with _opened(home) as node:
-        rows = [_progress(node, m) for m in node.state.messages(SENDING)]
-        rows += [_progress(node, m) for m in node.state.messages(FAILED)]
+        schedule, now = node.home.contact_schedule(), time.time()
+        rows = [{**message_progress(node, m, node.state.units_of(m.id), now, schedule),
+                 "state": m.state}
+                for m in [*node.state.messages(SENDING), *node.state.messages(FAILED)]]
     if as_json:
         emit_json(rows)
         return
@@ -52,19 +57,6 @@ def custody_ls(home: Path, as_json: bool) -> None:
           [[r["id"][:16], r["kind"], r["peer"], size(r["size"]), f"{r['percent']:.0f}%",
             size(r["bytes_left"]), "?" if r["eta"] is None else age(r["eta"]),
             r["state"] + (f": {r['why']}" if r["why"] else "")] for r in rows])
-
-
-def _progress(node: Node, m: Message) -> dict[str, Any]:
-    units = node.state.units_of(m.id)
-    acked = sum(u.size for u in units if u.state == ACKED)
-    total = sum(u.size for u in units) or m.size
-    left = max(total - acked, 0) if m.state == SENDING else 0
-    return {"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size, "units": m.units,
-            "acked_units": sum(u.state == ACKED for u in units), "bytes_acked": acked,
-            "bytes_left": left, "percent": 100.0 * acked / total if total else 100.0,
-            "eta": eta(node, m.peer, left) if m.state == SENDING else None,
-            "state": m.state, "why": m.meta.get("why", ""),
-            "age": time.time() - m.created}
 
 
 @custody.command("retry")
@@ -125,7 +117,10 @@ def _messages(node: Node, ids: tuple[str, ...]) -> list[Message]:
 
 @click.group()
 def quarantine() -> None:
-    """Files this node refused, each with the reason."""
+    """Files this node refused, each with the reason.
+
+    Example: outpost-node quarantine ls --home /srv/mars
+    """
 
 
 @quarantine.command("ls")

@@ -34,6 +34,18 @@ def size(n: float) -> str:
     return format_size(n)
 
 
+def window_text(w: dict[str, Any] | None, now: float) -> str:
+    """A peer's contact window for people: "up, 4m left", "down, up in 2h for 10m"."""
+    if w is None:
+        return "no plan"
+    if w["up"]:
+        return "up, always" if w["until"] is None else f"up, {age(w['until'] - now)} left"
+    if w["next_start"] is None:
+        return "down, no window ahead"
+    length = "" if w["next_end"] is None else f" for {age(w['next_end'] - w['next_start'])}"
+    return f"down, up in {age(w['next_start'] - now)}{length}"
+
+
 class _Formatter(logging.Formatter):
     def __init__(self, node: str) -> None:
         super().__init__("%(asctime)s " + node + " %(levelname)s %(message)s",

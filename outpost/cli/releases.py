@@ -15,7 +15,9 @@ from ..fsutil import atomic_writer
 from ..home import load_home, role_phrase
 from ..node.context import Node, open_node
 from ..node.sender import Sender
+from ..progress import Meter, MeteredReader
 from .output import emit_json, size, table
+from .progress import progress_bars
 
 HOME = click.option("--home", required=True, type=click.Path(path_type=Path),
                     help="The node's home directory.")
@@ -35,11 +37,15 @@ def node_of_role(home: Path, role: str) -> Node:
 @click.option("--to", "peers", multiple=True, help="Only this outpost (repeatable).")
 @JSON
 def publish(home: Path, peers: tuple[str, ...], as_json: bool) -> None:
-    """Send the release at the head of the config repo to the outposts."""
+    """Send the release at the head of the config repo to the outposts.
+
+    Example: outpost-node publish --home /srv/earth --to mars
+    """
     from ..roles.earth import Earth
 
     node = node_of_role(home, "earth")
-    results = Earth(node, Sender(node)).publish(list(peers) or None)
+    with progress_bars(show=not as_json) as meter:
+        results = Earth(node, Sender(node), meter).publish(list(peers) or None)
     _print_sent([r.to_json() for r in results], as_json)
 
 
@@ -49,19 +55,28 @@ def publish(home: Path, peers: tuple[str, ...], as_json: bool) -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @JSON
 def export(home: Path, peer: str, directory: Path, as_json: bool) -> None:
-    """Write what would cross the link to DIRECTORY (for removable media) instead."""
+    """Write what would cross the link to DIRECTORY (for removable media) instead.
+
+    Example: outpost-node export --home /srv/earth --to mars /media/usb
+    """
     from ..roles.earth import Earth
 
     node = node_of_role(home, "earth")
-    results = [r.to_json() for r in Earth(node, Sender(node)).publish([peer], via_link=False)]
-    directory.mkdir(parents=True, exist_ok=True)
-    for r in results:
-        for m in r["messages"]:
-            target = directory / f"{m['id']}.opb"
-            with open(m["path"], "rb") as src, atomic_writer(target) as out:
-                shutil.copyfileobj(src, out, 1024 * 1024)
-            m["file"] = str(target)
+    with progress_bars(show=not as_json) as meter:
+        sent = Earth(node, Sender(node), meter).publish([peer], via_link=False)
+        results = [r.to_json() for r in sent]
+        directory.mkdir(parents=True, exist_ok=True)
+        for r in results:
+            for m in r["messages"]:
+                m["file"] = str(_copy(Path(m["path"]), directory / f"{m['id']}.opb", meter))
     _print_sent(results, as_json)
+
+
+def _copy(src: Path, target: Path, meter: Meter) -> Path:
+    advance = meter(f"writing {target.name}", src.stat().st_size)
+    with open(src, "rb") as f, atomic_writer(target) as out:
+        shutil.copyfileobj(MeteredReader(f, advance), out, 1024 * 1024)
+    return target
 
 
 def _print_sent(results: list[dict[str, Any]], as_json: bool) -> None:
@@ -81,7 +96,10 @@ def _print_sent(results: list[dict[str, Any]], as_json: bool) -> None:
 @HOME
 @JSON
 def sync(home: Path, as_json: bool) -> None:
-    """Tell Earth what this outpost holds; Earth answers with everything it lacks."""
+    """Tell Earth what this outpost holds; Earth answers with everything it lacks.
+
+    Example: outpost-node sync --home /srv/mars
+    """
     from ..roles.outpost import Outpost
 
     node = node_of_role(home, "outpost")
@@ -99,28 +117,32 @@ def sync(home: Path, as_json: bool) -> None:
 @click.option("--registry", metavar="HOST:PORT", help="Registry for a `docker save` archive.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def import_(home: Path, registry: str | None, file: Path) -> None:
-    """Take a bundle, or a plain `docker save` tar, from removable media."""
+    """Take a bundle, or a plain `docker save` tar, from removable media.
+
+    Example: outpost-node import --home /srv/mars /media/usb/app-v2.tar
+    """
     from ..images.archive import stage_archive
     from ..roles.outpost import Outpost
 
     node = node_of_role(home, "outpost")
     with open(file, "rb") as f:
         is_bundle = f.read(len(MAGIC)) == MAGIC
-    if is_bundle:
-        target = node.home.inbox / file.name
-        with open(file, "rb") as src, atomic_writer(target) as out:
-            shutil.copyfileobj(src, out, 1024 * 1024)
-        click.echo(f"{file.name} is in the inbox; the running node takes it from there")
-        return
-    role = Outpost(node, Sender(node), registry)
-    if role.gateway is None:
-        raise ConfigError("no registry: pass --registry HOST:PORT or set [outpost] registry")
-    with tempfile.TemporaryDirectory(dir=node.home.spool) as tmp:
-        for facts, files in stage_archive(file, Path(tmp)):
-            missing = role.gateway.import_image(facts, files)
-            if missing:
-                raise ConfigError(f"{facts.ref}: the archive lacks {len(missing)} layer(s)")
-            click.echo(f"imported {facts.ref} ({facts.image_id[:19]})")
+    with progress_bars() as meter:
+        if is_bundle:
+            _copy(file, node.home.inbox / file.name, meter)
+            click.echo(f"{file.name} is in the inbox; the running node takes it from there")
+            return
+        role = Outpost(node, Sender(node), registry)
+        if role.gateway is None:
+            raise ConfigError("no registry: pass --registry HOST:PORT or set [outpost] "
+                              "registry")
+        with tempfile.TemporaryDirectory(dir=node.home.spool) as tmp:
+            for facts, files in stage_archive(file, Path(tmp), meter):
+                missing = role.gateway.import_image(facts, files, meter=meter)
+                if missing:
+                    raise ConfigError(f"{facts.ref}: the archive lacks {len(missing)} "
+                                      "layer(s)")
+                click.echo(f"imported {facts.ref} ({facts.image_id[:19]})")
     role.check_ready()
 
 

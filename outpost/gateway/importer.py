@@ -21,6 +21,7 @@ from ..images.delta import MAX_BASE, DeltaMismatch, Rebuilder
 from ..images.delta import available as delta_available
 from ..images.parts import ImagePayload, Part, PartSplitter, Sink
 from ..node.context import log
+from ..progress import Meter, running_total, silent
 from ..release.manifest import ImageFacts
 from ..store.releases import ReleaseStore
 from .registry import OCI_MANIFEST, Registry, Upload, image_ref_parts, oci_manifest
@@ -117,13 +118,14 @@ class Gateway:
             return None
         return dest
 
-    def import_image(self, facts: ImageFacts, files: dict[str, Path], src: str = "") -> list[str]:
+    def import_image(self, facts: ImageFacts, files: dict[str, Path], src: str = "",
+                     meter: Meter = silent) -> list[str]:
         """Push the image; returns the layers it still lacks. Then nothing is tagged, but
         the verified config and layers are kept, and the image waits in `pending_images`
         until the rest arrives (a bundle with the shared layers may come after this one)."""
         check_config(facts, files[facts.image_id])
         repo, _tag = image_ref_parts(facts.ref)
-        sizes, missing = self._place_layers(repo, facts, files)
+        sizes, missing = self._place_layers(repo, facts, files, meter)
         config = files[facts.image_id]
         with open(config, "rb") as f:
             self.registry.push_blob(repo, facts.image_id, f, config.stat().st_size)
@@ -147,12 +149,12 @@ class Gateway:
             done.append(facts)
         return done
 
-    def _place_layers(self, repo: str, facts: ImageFacts,
-                      files: dict[str, Path]) -> tuple[dict[str, int], list[str]]:
+    def _place_layers(self, repo: str, facts: ImageFacts, files: dict[str, Path],
+                      meter: Meter = silent) -> tuple[dict[str, int], list[str]]:
         sizes: dict[str, int] = {}
         missing: list[str] = []
         for digest in dict.fromkeys(facts.diff_ids):
-            size = self._place_layer(repo, digest, files.get(digest))
+            size = self._place_layer(repo, digest, files.get(digest), meter)
             if size is None:
                 missing.append(digest)
             else:
@@ -168,12 +170,15 @@ class Gateway:
         self.store.add_image(facts.image_id, facts.ref, time.time())
         self.store.drop_pending(facts.image_id, facts.ref)
 
-    def _place_layer(self, repo: str, digest: str, staged: Path | None) -> int | None:
+    def _place_layer(self, repo: str, digest: str, staged: Path | None,
+                     meter: Meter = silent) -> int | None:
         """Make `repo` hold layer `digest`: upload it, find it, or mount it from another repo."""
         if staged is not None:
+            length = staged.stat().st_size
+            advance = running_total(meter(f"pushing {repo}@{digest[:19]}", length))
             with open(staged, "rb") as f:
-                self.registry.push_blob(repo, digest, f, staged.stat().st_size)
-            return staged.stat().st_size
+                self.registry.push_blob(repo, digest, f, length, advance)
+            return length
         size = self.registry.blob_size(repo, digest)
         if size is not None:
             return size

@@ -10,17 +10,22 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import ConfigError
+from ..progress import Advance, Meter, silent
 from ..release.manifest import ImageFacts
 
 CHUNK = 1024 * 1024
 
 
-def stage_archive(archive: Path, into: Path) -> list[tuple[ImageFacts, dict[str, Path]]]:
+def stage_archive(archive: Path, into: Path,
+                  meter: Meter = silent) -> list[tuple[ImageFacts, dict[str, Path]]]:
     """Every tagged image in a `docker save` tar, its parts copied into `into` and checked."""
     try:
         with tarfile.open(archive, "r:") as tar:
             manifest = json.load(_member(tar, "manifest.json"))
-            staged = [_stage_image(tar, entry, into) for entry in manifest]
+            names = {str(n) for e in manifest for n in [e["Config"], *e["Layers"]]}
+            advance = meter(f"reading {archive.name}",
+                            sum(tar.getmember(n).size for n in names))
+            staged = [_stage_image(tar, entry, into, advance) for entry in manifest]
     except (tarfile.TarError, OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{archive} is not a readable `docker save` archive: {e}") from None
     # One image saved under several tags is one entry listing them all: import each tag.
@@ -34,19 +39,19 @@ def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
     return f
 
 
-def _stage_image(tar: tarfile.TarFile, entry: dict[str, object],
-                 into: Path) -> tuple[ImageFacts, dict[str, Path], list[str]]:
+def _stage_image(tar: tarfile.TarFile, entry: dict[str, object], into: Path,
+                 advance: Advance) -> tuple[ImageFacts, dict[str, Path], list[str]]:
     tags = entry.get("RepoTags") or []
     if not isinstance(tags, list) or not tags:
         raise ConfigError("an image in the archive has no tag; save it as name:tag")
-    config_digest, config_path = _copy(tar, str(entry["Config"]), into)
+    config_digest, config_path = _copy(tar, str(entry["Config"]), into, advance)
     doc = json.loads(config_path.read_bytes())
     diff_ids = list(doc["rootfs"]["diff_ids"])
     files = {config_digest: config_path}
     layers = entry["Layers"]
     assert isinstance(layers, list)
     for name, expected in zip(layers, diff_ids, strict=True):
-        digest, path = _copy(tar, str(name), into)
+        digest, path = _copy(tar, str(name), into, advance)
         if digest != expected:
             raise ConfigError(f"layer {name} of {tags[0]} is not its diff_id {expected}")
         files[digest] = path
@@ -54,7 +59,7 @@ def _stage_image(tar: tarfile.TarFile, entry: dict[str, object],
     return facts, files, [str(t) for t in tags]
 
 
-def _copy(tar: tarfile.TarFile, name: str, into: Path) -> tuple[str, Path]:
+def _copy(tar: tarfile.TarFile, name: str, into: Path, advance: Advance) -> tuple[str, Path]:
     src = _member(tar, name)
     sha = hashlib.sha256()
     tmp = into / f".{hashlib.sha256(name.encode()).hexdigest()[:16]}.part"
@@ -62,6 +67,7 @@ def _copy(tar: tarfile.TarFile, name: str, into: Path) -> tuple[str, Path]:
         while block := src.read(CHUNK):
             sha.update(block)
             out.write(block)
+            advance(len(block))
     digest = "sha256:" + sha.hexdigest()
     target = into / digest.replace(":", "-")
     tmp.replace(target)

@@ -17,6 +17,7 @@ from typing import BinaryIO, cast
 
 from ..codec import PartWriter
 from ..errors import DockerError
+from ..progress import Advance, Meter, MeteredReader, silent
 from ..release.manifest import ImageFacts
 from .delta import patch, usable_base
 from .engine import Engine
@@ -65,16 +66,17 @@ class ChunkReader:
 
 
 def spool_save(engine: Engine, facts: ImageFacts, wanted: set[str],
-               into: Path) -> dict[str, Path]:
+               into: Path, meter: Meter = silent) -> dict[str, Path]:
     """Stream `docker save` of the image; keep the config and the `wanted` layers as files
     named by digest in `into`. Returns digest -> path for what was kept."""
-    return _spool(engine, facts.image_id, facts.ref, {facts.image_id, *wanted}, into)
+    return _spool(engine, facts.image_id, facts.ref, {facts.image_id, *wanted}, into, meter)
 
 
 def _spool(engine: Engine, image: str, name: str, wanted: set[str],
-           into: Path) -> dict[str, Path]:
+           into: Path, meter: Meter = silent) -> dict[str, Path]:
     kept: dict[str, Path] = {}
-    reader = cast(BinaryIO, ChunkReader(engine.save(image)))
+    saved = MeteredReader(ChunkReader(engine.save(image)), meter(f"docker save {name}"))
+    reader = cast(BinaryIO, saved)
     try:
         with tarfile.open(fileobj=reader, mode="r|") as tar:
             for member in tar:
@@ -108,31 +110,34 @@ def _spool_member(tar: tarfile.TarFile, member: tarfile.TarInfo, wanted: set[str
 
 
 def write_image(engine: Engine, facts: ImageFacts, held: set[str], w: PartWriter,
-                 scratch: Path, bases: dict[str, str] | None = None,
-                 base_image: str | None = None) -> ImagePayload:
+                scratch: Path, bases: dict[str, str] | None = None,
+                base_image: str | None = None, meter: Meter = silent) -> ImagePayload:
     """Write the config and the layers not in `held` into the payload, a frame each; a
     layer with a base in `bases` (layer -> a layer of `base_image` the outpost holds) as a
     delta against it where that pays (delta.py)."""
     wanted = [d for d in dict.fromkeys(facts.diff_ids) if d not in held]
     bases = {d: b for d, b in (bases or {}).items() if d in wanted}
     with tempfile.TemporaryDirectory(dir=scratch) as tmpdir:
-        files = spool_save(engine, facts, set(wanted), Path(tmpdir))
+        files = spool_save(engine, facts, set(wanted), Path(tmpdir), meter)
         base_files = _spool(engine, base_image, f"{facts.ref}'s earlier version",
-                            set(bases.values()), Path(tmpdir)) if bases and base_image else {}
-        config_size = _copy_part(files[facts.image_id], w)
+                            set(bases.values()), Path(tmpdir), meter) if bases and base_image \
+            else {}
+        advance = meter(f"packing {facts.ref}", sum(p.stat().st_size for p in files.values()))
+        config_size = _copy_part(files[facts.image_id], w, advance)
         layers = []
         for d in wanted:
             base = base_files.get(bases.get(d, ""))
             if base is not None and usable_base(base.stat().st_size, files[d].stat().st_size):
                 layers.append(_write_delta(files[d], d, base, bases[d], w))
+                advance(files[d].stat().st_size)
             else:
-                layers.append(Part(d, _copy_part(files[d], w)))
+                layers.append(Part(d, _copy_part(files[d], w, advance)))
     return ImagePayload(facts=facts, config_size=config_size, layers=layers)
 
 
-def _copy_part(path: Path, w: PartWriter) -> int:
+def _copy_part(path: Path, w: PartWriter, advance: Advance) -> int:
     with open(path, "rb") as f:
-        size = w.copy_from(f)
+        size = w.copy_from(cast(BinaryIO, MeteredReader(f, advance)))
     w.end_frame()
     return size
 

@@ -5,10 +5,12 @@ page (outpost/web) serves it."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
 from ..apply.context import Paths
+from ..contact import Schedule
 from ..delivery import clock_verdict
 from ..errors import GitError, OutpostError
 from ..home import Home
@@ -36,6 +38,7 @@ def status_info(home: Home) -> dict[str, Any]:
 def _status(node: Node) -> dict[str, Any]:
     home, st, now = node.home, node.state, time.time()
     s = home.settings
+    schedule = home.contact_schedule()
     peers = []
     for peer in node.peers():
         est = st.rtt(peer, s.rtt)
@@ -43,7 +46,8 @@ def _status(node: Node) -> dict[str, Any]:
         peers.append({"name": peer, "srtt": est.srtt, "rtt_samples": est.samples,
                       "outbox_files": len(bundle_files(home.outbox(peer))),
                       "clock_offset": offset,
-                      "clock": clock_verdict(offset, s.clock_skew, s.rtt)})
+                      "clock": clock_verdict(offset, s.clock_skew, s.rtt),
+                      "window": window(schedule, now)})
     sending, journeys = [], []
     for m in st.messages(SENDING):
         units = st.units_of(m.id)
@@ -52,17 +56,18 @@ def _status(node: Node) -> dict[str, Any]:
                         "in_flight": sum(u.state == FLIGHT for u in units),
                         "age": now - m.created, "expires_in": m.expires - now,
                         "resent_whole": m.rounds})
-        journeys.append(_journey(node, m, units, now))
+        journeys.append(_journey(node, m, units, now, schedule))
     failed = [{"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size,
                "why": m.meta.get("why", ""), "age": now - m.created}
               for m in st.messages(FAILED)]
-    journeys += [_journey(node, m, [], now) for m in st.finished_messages(RECENT)]
+    journeys += [_journey(node, m, [], now, schedule) for m in st.finished_messages(RECENT)]
     reasm = [{"parent": r["parent"], "src": r["src"], "kind": r["kind"], "total": r["total"],
               "received": r["received"], "fragments": r["count"]}
              for r in st.reassemblies()]
     quarantined = [{"file": p.name, "reason": q.reason, "error": q.error}
                    for p in bundle_files(home.quarantine) if (q := read_reason(p))]
-    info = {"name": home.name, "role": home.role, "home": str(home.path), "peers": peers,
+    info = {"name": home.name, "role": home.role, "home": str(home.path), "now": now,
+            "peers": peers,
             "sending": sending, "failed": failed, "bundles": journeys, "reassembling": reasm,
             "inbox_files": len(bundle_files(home.inbox)),
             "delivered_seen": st.seen_count(),
@@ -74,12 +79,12 @@ def _status(node: Node) -> dict[str, Any]:
 RECENT = 30  # finished messages the bundle journeys show
 
 
-def _journey(node: Node, m: Message, units: list[Unit], now: float) -> dict[str, Any]:
+def _journey(node: Node, m: Message, units: list[Unit], now: float,
+             schedule: Schedule | None) -> dict[str, Any]:
     """Where a message is on its way (`units`: its units, while in custody): queued (in
     custody, nothing taken yet), sent (the link took some of it), acked (the peer holds it
     all), applied (the release it belongs to was applied there); or failed / expired,
     with why."""
-    acked = sum(u.size for u in units if u.state == ACKED)
     stage = m.state
     if m.state == SENDING:
         stage = "sent" if any(u.state in (FLIGHT, ACKED) for u in units) else "queued"
@@ -88,25 +93,53 @@ def _journey(node: Node, m: Message, units: list[Unit], now: float) -> dict[str,
         applied = isinstance(release, str) and ReleaseStore(node.state).reported(
             m.peer, release, APPLIED)
         stage = "applied" if applied else "acked"
+    return {**message_progress(node, m, units, now, schedule), "priority": m.priority,
+            "stage": stage, "release": m.meta.get("release")}
+
+
+def message_progress(node: Node, m: Message, units: list[Unit], now: float,
+                     schedule: Schedule | None) -> dict[str, Any]:
+    """How far a message is: units and bytes acknowledged, bytes left and an ETA."""
+    acked = sum(u.size for u in units if u.state == ACKED)
     total = sum(u.size for u in units) or m.size
     left = max(total - acked, 0) if m.state == SENDING else 0
-    return {"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size,
-            "priority": m.priority, "stage": stage, "why": m.meta.get("why", ""),
-            "release": m.meta.get("release"), "units": m.units,
-            "acked_units": sum(u.state == ACKED for u in units), "bytes_left": left,
+    return {"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size, "units": m.units,
+            "acked_units": sum(u.state == ACKED for u in units), "bytes_acked": acked,
+            "bytes_left": left,
             "percent": 100.0 if m.state == DELIVERED else 100.0 * acked / max(total, 1),
-            "eta": eta(node, m.peer, left) if m.state == SENDING else None,
-            "age": now - m.created}
+            "eta": eta(node, m.peer, left, now, schedule) if m.state == SENDING else None,
+            "why": m.meta.get("why", ""), "age": now - m.created}
 
 
-def eta(node: Node, peer: str, bytes_left: int) -> float | None:
+def eta(node: Node, peer: str, bytes_left: int, now: float,
+        schedule: Schedule | None) -> float | None:
     """Seconds until what is left of a message is acknowledged: its bytes at the link's
-    `bandwidth` and one round trip; None where the bandwidth is not set. (The link's
-    contact windows are link-sim's or the operator's knowledge, not the node's.)"""
+    `bandwidth`, sent only while the contact plan has the link up, and one round trip.
+    None where the bandwidth is not set or the plan never gives the link that long."""
     s = node.home.settings
     if not s.bandwidth:
         return None
-    return bytes_left / s.bandwidth + node.state.rtt(peer, s.rtt).srtt
+    needed = bytes_left / s.bandwidth
+    done = now + needed if schedule is None else schedule.after_up_time(now, needed)
+    if math.isinf(done):
+        return None
+    return done - now + node.state.rtt(peer, s.rtt).srtt
+
+
+def window(schedule: Schedule | None, now: float) -> dict[str, Any] | None:
+    """The link's contact window now and the next one, from the node's contact plan (None
+    without a plan); times are Unix seconds, None for never."""
+    if schedule is None:
+        return None
+    up = schedule.is_up(now)
+    start = schedule.next_up(schedule.window_end(now) if up else now)
+    return {"up": up, "until": _finite(schedule.window_end(now)) if up else None,
+            "next_start": _finite(start),
+            "next_end": _finite(schedule.window_end(start)) if math.isfinite(start) else None}
+
+
+def _finite(t: float) -> float | None:
+    return t if math.isfinite(t) else None
 
 
 def _status_page(home: Home) -> str | None:

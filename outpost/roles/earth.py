@@ -18,6 +18,7 @@ from ..images.engine import Engine
 from ..node.context import Node, log
 from ..node.handlers import Handler
 from ..node.sender import Sender
+from ..progress import Meter, prefixed, silent
 from ..providers.lockfile import parse_lock
 from ..providers.mirror import find_package, standard_mirrors, write_package
 from ..providers.package import Provider, safe_file_name
@@ -46,8 +47,8 @@ class Sent:
 
 
 class Earth(Role):
-    def __init__(self, node: Node, sender: Sender) -> None:
-        self.node, self.sender = node, sender
+    def __init__(self, node: Node, sender: Sender, meter: Meter = silent) -> None:
+        self.node, self.sender, self.meter = node, sender, meter
         self.store = ReleaseStore(node.state)
         self.repo = node.home.config_repo
         self.docker_host = node.home.earth.docker
@@ -137,6 +138,7 @@ class Earth(Role):
             return write_package(package, provider, w).to_meta()
         msg = self.sender.submit(peer, "provider", fill=fill, meta={"release": release},
                                  priority=BULK, via_link=via_link,
+                                 progress=self.meter(f"{peer}: packing provider {provider}"),
                                  custody={"holds": {PROVIDER: [provider.key]},
                                           "release": release})
         return _describe(msg, f"provider {provider}")
@@ -158,7 +160,8 @@ class Earth(Role):
         wanted = [d for d in dict.fromkeys(facts.diff_ids) if d not in layers]
         base_image, bases = self._delta_bases(peer, facts, client, full)
         msg = self.sender.submit(
-            peer, "image", fill=self._image_fill(client, facts, set(layers), bases, base_image),
+            peer, "image", fill=self._image_fill(peer, client, facts, set(layers), bases,
+                                                 base_image),
             meta={"release": release}, priority=BULK, via_link=via_link,
             custody={"holds": {LAYER: wanted, IMAGE: [facts.image_id]}, "release": release})
         layers |= set(facts.diff_ids)
@@ -206,11 +209,11 @@ class Earth(Role):
                                                 "release": release.commit})
         return _describe(msg, f"release {release.id} (config from {(base or 'the start')[:12]})")
 
-    def _image_fill(self, client: Engine, facts: Any, held: set[str], bases: dict[str, str],
-                    base_image: str | None) -> Any:
+    def _image_fill(self, peer: str, client: Engine, facts: Any, held: set[str],
+                    bases: dict[str, str], base_image: str | None) -> Any:
         def fill(w: PartWriter) -> dict[str, Any]:
             return write_image(client, facts, held, w, self.node.home.spool, bases,
-                               base_image).to_meta()
+                               base_image, prefixed(self.meter, f"{peer}: ")).to_meta()
         return fill
 
     def pending(self, peer: str) -> dict[str, set[str]]:

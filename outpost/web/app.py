@@ -89,7 +89,7 @@ def _minutes(query: dict[str, list[str]]) -> int:
 
 
 def status(home: Home, _query: dict[str, list[str]]) -> tuple[bytes, str]:
-    return _json({**status_info(home), "now": time.time()}), "application/json"
+    return _json(status_info(home)), "application/json"
 
 
 def traffic(home: Home, query: dict[str, list[str]]) -> tuple[bytes, str]:

@@ -45,6 +45,14 @@ function bar(done, all) {
   const pct = all ? Math.round(100 * done / all) : 0;
   return "<span class=bar><i style='width:" + pct + "%'></i></span> " + pct + "%";
 }
+function win(w, now) {  // the contact plan's window now and the next one
+  if (!w) return "<span class=muted>no plan</span>";
+  if (w.up) return "<span class=ok>up</span>" + (w.until == null ? "" : ", " +
+    ago(w.until - now) + " left");
+  if (w.next_start == null) return "<span class=bad>down</span>, no window ahead";
+  return "<span class=bad>down</span>, up in " + ago(w.next_start - now) +
+    (w.next_end == null ? "" : " for " + ago(w.next_end - w.next_start));
+}
 const STAGES = ["queued", "sent", "acked", "applied"];
 function journey(b) {
   const stages = b.release ? STAGES : STAGES.slice(0, 3);  // only a release's are applied
@@ -60,9 +68,10 @@ function render(s) {
   document.getElementById("title").textContent = s.role + " node " + s.name;
   document.getElementById("updated").textContent = "home " + s.home + " · updated " +
     new Date(s.now * 1000).toLocaleTimeString();
-  table("peers", ["peer", "round trip", "samples", "outbox files", "clock"],
+  table("peers", ["peer", "round trip", "samples", "outbox files", "clock", "window"],
     s.peers.map(p => [esc(p.name), ago(p.srtt), p.rtt_samples, p.outbox_files,
-      esc(p.clock || (p.clock_offset == null ? "–" : "ok"))]), "no peers trusted yet");
+      esc(p.clock || (p.clock_offset == null ? "–" : "ok")), win(p.window, s.now)]),
+    "no peers trusted yet");
   table("sending", ["bundle", "kind", "to", "size", "journey", "acked", "left", "ETA", "age"],
     s.bundles.map(b => [short(b.id), esc(b.kind), esc(b.peer), size(b.size),
       journey(b), bar(b.percent, 100) + " · " + b.units + " unit(s)",

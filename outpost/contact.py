@@ -9,9 +9,10 @@ Text format (docs/link-sim.md has the full description):
     2030-01-01T00:00:00Z  2030-01-01T00:10:00Z   # absolute ISO-8601 times (UTC if no zone)
     repeat  90m          # optional: every window also recurs every 90 minutes
 
-Relative times are offsets from the plan's origin (link-sim's first start, persisted in its
-state directory). Parsing needs no clock: `ContactPlan.bind(origin)` turns a parsed plan
-into a `Schedule` of wall-clock (Unix) times, which answers is_up / next_up / window_end.
+Relative times are offsets from the plan's origin (for link-sim, its first start, persisted
+in its state directory; for a node, [delivery] contact_origin). Parsing needs no clock:
+`ContactPlan.bind(origin)` turns a parsed plan into a `Schedule` of wall-clock (Unix) times,
+which answers is_up / next_up / window_end.
 """
 
 from __future__ import annotations
@@ -121,6 +122,20 @@ class Schedule:
             if further is None:
                 return end
             end = further
+        return math.inf
+
+    def after_up_time(self, t: float, seconds: float) -> float:
+        """The instant when the link has been up for `seconds` counted from `t` (what a
+        transfer of that length needs): math.inf if the plan never gives that much."""
+        for _ in range(_MAX_MERGE_STEPS):
+            t = self.next_up(t)
+            if math.isinf(t):
+                return t
+            end = self.window_end(t)
+            if end - t >= seconds:
+                return t + seconds
+            seconds -= end - t
+            t = end
         return math.inf
 
     def next_change(self, t: float) -> float:
