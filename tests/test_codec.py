@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import struct
 import subprocess
@@ -47,8 +48,11 @@ from outpost.codec import (
     open_verified,
     pack_bytes,
     pack_file,
+    pack_spooled,
     public_key,
     read_payload,
+    source_fill,
+    spooled_start,
     validate_fragment,
     verify_file,
     write_fragment,
@@ -60,6 +64,7 @@ from outpost.errors import (
     BundleError,
     IntegrityError,
     LimitExceeded,
+    LocalError,
     MalformedBundle,
     TruncatedBundle,
     UnknownKey,
@@ -327,6 +332,40 @@ def test_round_trip_pack_file(tmp_path: Path, h: Header, data: bytes, codec: str
     assert verify_file(dest, KEYRING, LIMITS) == final
     assert inspect(dest, KEYRING, LIMITS, full=True).status == "ok"
     assert not [p for p in tmp_path.iterdir() if p.name != "bundle"]  # no temp files left
+
+
+def test_a_spooled_bundle_writes_its_payload_once_with_its_head_before_it(
+        tmp_path: Path) -> None:
+    """pack_spooled (how a node keeps its custody copies): the payload is written once,
+    after room for the head; the room before the head is never written (a hole), and the
+    bundle from `start` on is the same bundle pack_file makes."""
+    data = os.urandom(3 * CHUNK)
+    h = header(meta={"name": "f"})
+    path = tmp_path / "custody.opb"
+    final, start = pack_spooled(path, h, source_fill(io.BytesIO(data)), EARTH_SEED,
+                                codec="none")
+    head = head_bytes(final, EARTH_SEED)
+    assert path.stat().st_size == start + len(head) + len(data)
+    with open(path, "rb") as f:
+        assert f.read(start) == bytes(start)
+        assert spooled_start(f) == start and f.read(len(head)) == head
+    allocated = path.stat().st_blocks * 512
+    assert allocated <= len(data) + 3 * 4096, "the room before the head took disk space"
+    plain = tmp_path / "plain.opb"
+    with open(path, "rb") as f, open(plain, "wb") as out:
+        f.seek(start)
+        out.write(f.read())
+    out_data = bytearray()
+    assert read_payload(plain, KEYRING, LIMITS, out_data.extend) == final
+    assert bytes(out_data) == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["custody.opb", "plain.opb"]
+
+
+def test_a_head_larger_than_a_peer_accepts_is_refused_at_the_sender(tmp_path: Path) -> None:
+    h = header(meta={"big": "x" * 5000})
+    with pytest.raises(LocalError, match="max_header"):
+        pack_spooled(tmp_path / "c.opb", h, source_fill(None), EARTH_SEED, max_header=4096)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
 
 
 def test_round_trip_frames_larger_than_a_chunk(tmp_path: Path) -> None:

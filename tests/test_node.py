@@ -202,3 +202,32 @@ def test_timers_come_forward_when_the_round_trip_drops(pair: Pair) -> None:
     assert unit.taken_at is not None and unit.next_retry is not None
     assert unit.next_retry - unit.taken_at < first_wait - 15
     pair.run(lambda: delivered(pair, lost.id), steps=200, seconds=0.5)
+
+
+def test_units_taken_just_before_a_gap_wait_for_the_link_not_their_timers(
+        tmp_path: Path) -> None:
+    """The link takes two fragments, a third of a second apart, then a contact gap stops
+    it in both directions (the rest wait in the outbox, the acks in mars's). Their timers
+    run out many times over during the gap; neither is sent again, and once the link moves
+    the message completes with every unit sent once. (Before: the first was resent in the
+    gap, when its timer ran out before the node took the silence for a gap.)"""
+    pair = Pair(tmp_path, fragment_size="64k", bandwidth="64k")
+    msg = send(pair, os.urandom(300_000))
+    pair.a.tick()
+    outbox = pair.a_home.outbox("mars")
+    taken = sorted(bundle_files(outbox))[:2]
+    for path in taken:  # the link takes one, and the next after a third of a second
+        os.replace(path, pair.b_home.inbox / path.name)
+        for d in (pair.a, pair.b):
+            d.tick()
+            d.rescan()
+        pair.clock.advance(0.3)
+    for _ in range(100):  # 10 s of gap: the timers (about 2.5 s) run out several times
+        for d in (pair.a, pair.b):
+            d.tick()
+            d.rescan()
+        pair.clock.advance(0.1)
+    assert [u.attempts for u in pair.a.node.state.units_of(msg.id)] == [1] * msg.units
+    assert not {p.name for p in taken} & {p.name for p in bundle_files(outbox)}
+    pair.run(lambda: delivered(pair, msg.id))
+    assert not any(p.name in m for p in taken for m in pair.link.moved), "resent"

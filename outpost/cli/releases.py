@@ -68,13 +68,16 @@ def export(home: Path, peer: str, directory: Path, as_json: bool) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         for r in results:
             for m in r["messages"]:
-                m["file"] = str(_copy(Path(m["path"]), directory / f"{m['id']}.opb", meter))
+                target = directory / f"{m['id']}.opb"
+                m["file"] = str(_copy(Path(m["path"]), target, meter, m.pop("start")))
     _print_sent(results, as_json)
 
 
-def _copy(src: Path, target: Path, meter: Meter) -> Path:
-    advance = meter(f"writing {target.name}", src.stat().st_size)
+def _copy(src: Path, target: Path, meter: Meter, start: int = 0) -> Path:
+    """Copy the bundle at `start` in `src` (a custody copy's room before it stays behind)."""
+    advance = meter(f"writing {target.name}", src.stat().st_size - start)
     with open(src, "rb") as f, atomic_writer(target) as out:
+        f.seek(start)
         shutil.copyfileobj(MeteredReader(f, advance), out, 1024 * 1024)
     return target
 

@@ -5,16 +5,24 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import BundleError, IntegrityError
+from ..errors import BundleError, IntegrityError, LocalError
 from ..fsutil import atomic_writer, open_regular
 from .header import Fragment, Header, Limits, Payload
-from .wire import CHUNK, Keyring, PayloadEncoder, head_bytes, iter_payload, open_verified
+from .wire import (
+    CHUNK,
+    PREFIX,
+    SIG_LEN,
+    Keyring,
+    PayloadEncoder,
+    head_bytes,
+    iter_payload,
+    open_verified,
+)
 
 Progress = Callable[[int], None]
 
@@ -57,36 +65,81 @@ class PartWriter:
 Fill = Callable[[PartWriter], dict[str, Any] | None]
 
 
+def pack_spooled(dest: Path, header: Header, fill: Fill, seed: bytes, *, codec: str = "zstd",
+                 level: int = 3, progress: Progress | None = None,
+                 max_header: int = Limits.max_header) -> tuple[Header, int]:
+    """Sign a bundle whose payload `fill` streams in, writing each byte once; returns the
+    final header and the offset in `dest` where the bundle starts.
+
+    The head precedes the payload but carries its length and sha256 (and whatever meta
+    `fill` returns, learnt while streaming), so the payload is written first, after room
+    for the largest head a peer accepts (`max_header`), and the head last, at the end of
+    that room. The bytes before it were never written: a hole in a sparse file, no disk.
+    A node's custody copies are kept so (the custody record holds the offset); a bundle
+    file of its own is `pack_parts`'s.
+    """
+    room = PREFIX.size + max_header + SIG_LEN
+    enc = PayloadEncoder(codec, level)
+    with atomic_writer(dest) as out:
+        out.seek(room)
+        extra = fill(PartWriter(enc, out, progress)) or {}
+        out.write(enc.end_frame())
+        final = replace(header, meta={**header.meta, **extra}, payload=enc.payload())
+        head = head_bytes(final, seed)
+        if len(head) > room:
+            raise LocalError(f"the bundle's header would be {len(head) - PREFIX.size - SIG_LEN}"
+                             f" bytes, over the {max_header} a peer accepts (max_header): "
+                             "send its contents as several messages")
+        out.seek(room - len(head))
+        out.write(head)
+    return final, room - len(head)
+
+
 def pack_parts(dest: Path, header: Header, fill: Fill, seed: bytes, *, codec: str = "zstd",
                level: int = 3, progress: Progress | None = None) -> Header:
-    """Sign a bundle whose payload `fill` streams in; returns the final header.
-
-    The payload goes to an unnamed temporary file first because the header, which precedes
-    it, carries its length and sha256 (and whatever meta `fill` returns, learnt while
-    streaming); the copy back is done by the kernel.
-    """
-    enc = PayloadEncoder(codec, level)
-    with tempfile.TemporaryFile(dir=dest.parent) as tmp:
-        extra = fill(PartWriter(enc, tmp, progress)) or {}
-        tmp.write(enc.end_frame())
-        final = replace(header, meta={**header.meta, **extra}, payload=enc.payload())
-        tmp.flush()
-        tmp.seek(0)
-        with atomic_writer(dest) as out:
-            out.write(head_bytes(final, seed))
-            out.flush()
-            _copy(tmp, out, enc.length)
+    """A bundle file of its own (from its first byte) whose payload `fill` streams in:
+    packed as `pack_spooled` does, then copied once, by the kernel, behind its head."""
+    spool = dest.with_name(f".{dest.name}.{os.getpid()}.spool")
+    try:
+        final, start = pack_spooled(spool, header, fill, seed, codec=codec, level=level,
+                                    progress=progress)
+        with open(spool, "rb") as src, atomic_writer(dest) as out:
+            src.seek(start)
+            _copy(src, out, spool.stat().st_size - start)
+    finally:
+        spool.unlink(missing_ok=True)
     return final
+
+
+def source_fill(source: BinaryIO | None) -> Fill:
+    """The fill that streams `source` (None: an empty payload)."""
+    def fill(w: PartWriter) -> None:
+        if source is not None:
+            w.copy_from(source)
+    return fill
 
 
 def pack_file(dest: Path, header: Header, source: BinaryIO | None, seed: bytes, *,
               codec: str = "zstd", level: int = 3, progress: Progress | None = None) -> Header:
     """Stream `source` into a signed bundle at `dest` (atomically); returns the final header."""
-    def fill(w: PartWriter) -> None:
-        if source is not None:
-            w.copy_from(source)
+    return pack_parts(dest, header, source_fill(source), seed, codec=codec, level=level,
+                      progress=progress)
 
-    return pack_parts(dest, header, fill, seed, codec=codec, level=level, progress=progress)
+
+def spooled_start(f: BinaryIO) -> int:
+    """Where the bundle starts in a file `pack_spooled` wrote (0 for a plain bundle file),
+    leaving `f` there: the room before it was never written and reads as zeros, and a
+    bundle starts with its magic."""
+    f.seek(0)
+    offset = 0
+    while chunk := f.read(CHUNK):
+        rest = chunk.lstrip(b"\0")
+        if rest:
+            offset += len(chunk) - len(rest)
+            break
+        offset += len(chunk)
+    f.seek(offset)
+    return offset
 
 
 def _copy(src: BinaryIO, dst: BinaryIO, length: int) -> None:
@@ -127,10 +180,12 @@ def fragment_at(parent: Header, index: int, count: int, offset: int, length: int
                    payload=Payload("none", length, length))
 
 
-def write_fragment(dest: Path, parent_file: Path, frag: Header, seed: bytes) -> None:
-    """Write fragment `frag` (payload: a slice of `parent_file`) to `dest` atomically."""
+def write_fragment(dest: Path, parent_file: Path, frag: Header, seed: bytes,
+                   start: int = 0) -> None:
+    """Write fragment `frag` (payload: a slice of the bundle at `start` in `parent_file`)
+    to `dest` atomically."""
     assert frag.fragment is not None
-    offset, length = frag.fragment.offset, frag.payload.length
+    offset, length = start + frag.fragment.offset, frag.payload.length
     sha = hashlib.sha256()
     # One read of the slice: the payload goes in behind a head of the same length (the
     # digest is fixed-size), hashed on the way; the real head is written over it after.

@@ -21,9 +21,9 @@ from ..codec import (
     fragment_count,
     new_id,
     pack_bytes,
-    pack_file,
-    pack_parts,
+    pack_spooled,
     read_head,
+    source_fill,
     write_block,
     write_fragment,
 )
@@ -89,14 +89,12 @@ class Sender:
                         expires=now + (lifetime or s.lifetime), priority=priority,
                         reply_to=reply_to, meta=meta or {})
         path = self.node.home.spool / "custody" / f"{header.id}.opb"
-        if fill is None:
-            pack_file(path, header, source, self.node.seed, codec=codec, level=s.zstd_level,
-                      progress=progress)
-        else:
-            pack_parts(path, header, fill, self.node.seed, codec=codec, level=s.zstd_level,
-                       progress=progress)
-        layout = self._plan(peer, path.stat().st_size) if via_link else None
-        msg, units = custody_message(header, path, s.fragment_size, custody, layout)
+        header, start = pack_spooled(path, header, fill or source_fill(source), self.node.seed,
+                                     codec=codec, level=s.zstd_level, progress=progress,
+                                     max_header=s.max_header)
+        size = path.stat().st_size - start
+        layout = self._plan(peer, size) if via_link else None
+        msg, units = custody_message(header, path, s.fragment_size, custody, layout, start)
         if not via_link:
             units = [replace(u, state=CARRIED) for u in units]
         self.node.state.add_message(msg, units)
@@ -167,13 +165,14 @@ class Sender:
         try:
             if unit.idx < 0:
                 with open(custody, "rb") as src, atomic_writer(hidden) as out:
+                    src.seek(custody_start(msg))
                     shutil.copyfileobj(src, out, 1024 * 1024)
             elif self._extra(msg, unit):
                 self._write_repair(hidden, msg, unit)
             else:
                 frag = fragment_at(self._head(msg), unit.idx, max(msg.units, unit.idx + 1),
                                    unit.offset, unit.size, msg.size)
-                write_fragment(hidden, custody, frag, self.node.seed)
+                write_fragment(hidden, custody, frag, self.node.seed, custody_start(msg))
         except FileNotFoundError:
             self.fail(msg, f"its custody copy {custody} is gone")
             return
@@ -194,7 +193,7 @@ class Sender:
         key = (msg.id, group.first)
         if self._repairs is None or self._repairs[0] != key:
             with open(msg.path, "rb") as f:
-                f.seek(group.start)
+                f.seek(custody_start(msg) + group.start)
                 data = [f.read(layout.block) for _ in range(group.k)]
             self._repairs = (key, fec.encode(data, group.m, layout.block))
         j = unit.idx - group.first
@@ -208,6 +207,7 @@ class Sender:
     def _head(self, msg: Message) -> Header:
         if msg.id not in self._heads:
             with open(msg.path, "rb") as f:
+                f.seek(custody_start(msg))
                 self._heads[msg.id] = read_head(f, Limits())[0]
         return self._heads[msg.id]
 
@@ -274,6 +274,17 @@ class Sender:
         slack = rto + self._serialisation(self.settings.fragment_size)
         return since is not None and now - since >= slack
 
+    def _held(self, peer: str, unit: Unit) -> bool:
+        """Files wait in the outbox and the link has taken none since `stalled`: a unit
+        it took less than a round trip before that may be crossing still, or acked with
+        the ack held up on the way back (a window that closed cuts both directions). It is
+        not lost until the link moves again and its ack still does not come."""
+        stalled = self._stalled.get(peer)
+        if stalled is None or unit.taken_at is None:
+            return False
+        s = self.settings
+        return unit.taken_at + self.node.state.rtt(peer, s.rtt).srtt + s.ack_delay >= stalled
+
     def _behind(self, msg: Message | None, unit: Unit) -> int:
         """Bytes the link sends before the peer can ack `unit`: itself, and in an FEC
         group the rest of the group with its repairs (it may be rebuilt from those)."""
@@ -296,6 +307,7 @@ class Sender:
             rto = self.node.state.rtt(peer, s.rtt).rto(s.min_rto, s.rto_cap)
             if self.link_down(peer, now, rto):
                 due = []
+            due = [u for u in due if not self._held(peer, u)]
             last_ack, after = self.node.state.last_ack(peer), self._acked_after.get(peer, 0.0)
             if peer in self._moved:  # the peer's acks were held up by the gap too
                 last_ack = max(last_ack or 0.0, self._moved[peer])
@@ -535,14 +547,20 @@ def remove_stale_writes(outbox: Path) -> None:
                 pass
 
 
+def custody_start(msg: Message) -> int:
+    """Where the message's bundle starts in its custody file (pack_spooled's room)."""
+    return int(msg.meta.get("start", 0))
+
+
 def custody_message(header: Header, path: Path, frag_size: int,
                     custody: dict[str, Any] | None = None,
-                    layout: fec.Layout | None = None) -> tuple[Message, list[Unit]]:
-    """The custody record of the bundle `header` packed at `path`, and the units it crosses
-    as (a whole bundle, or fragments of `frag_size`; with an FEC `layout`, its blocks and
-    repairs, or copies of the whole), all waiting to go."""
-    size = path.stat().st_size
-    meta: dict[str, Any] = {"fragment_size": frag_size, **(custody or {})}
+                    layout: fec.Layout | None = None,
+                    start: int = 0) -> tuple[Message, list[Unit]]:
+    """The custody record of the bundle `header` packed at `start` in `path`, and the units
+    it crosses as (a whole bundle, or fragments of `frag_size`; with an FEC `layout`, its
+    blocks and repairs, or copies of the whole), all waiting to go."""
+    size = path.stat().st_size - start
+    meta: dict[str, Any] = {"fragment_size": frag_size, "start": start, **(custody or {})}
     if layout is not None:
         meta["fec"] = layout.to_meta()
     msg = Message(id=header.id, peer=header.dst, kind=header.kind, path=str(path), size=size,

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..codec import Limits, open_verified, public_key
+from ..codec import Limits, open_verified, public_key, spooled_start
 from ..errors import BundleError, ConfigError
 from ..fsutil import atomic_write_bytes, open_regular
 from ..home import (
@@ -200,6 +200,7 @@ def _restore_custody(home: Home, state: State, now: float) -> tuple[list[str], l
     for path in sorted(home.custody.glob("*.opb")):
         try:
             with open_regular(path) as f:
+                start = spooled_start(f)
                 header = open_verified(f, {home.name: home.public_key()}, Limits())
         except (BundleError, OSError) as e:
             skipped.append(f"{path.name}: {e}")
@@ -208,6 +209,7 @@ def _restore_custody(home: Home, state: State, now: float) -> tuple[list[str], l
             skipped.append(f"{path.name}: " + ("expired" if header.expires <= now else
                                                f"for {header.dst}, not a known peer"))
             continue
-        state.add_message(*custody_message(header, path, size, {"repaired": True}))
+        state.add_message(*custody_message(header, path, size, {"repaired": True},
+                                           start=start))
         restored.append(header.id)
     return restored, skipped

@@ -17,7 +17,7 @@ from ..images.docker_source import docker_engine, image_facts, write_image
 from ..images.engine import Engine
 from ..node.context import Node, log
 from ..node.handlers import Handler
-from ..node.sender import Sender
+from ..node.sender import Sender, custody_start
 from ..progress import Meter, prefixed, silent
 from ..providers.lockfile import parse_lock
 from ..providers.mirror import find_package, standard_mirrors, write_package
@@ -328,5 +328,5 @@ def _image_request(doc: Any) -> tuple[list[str], list[str], str | None, set[str]
 
 def _describe(msg: Message, what: str) -> dict[str, Any]:
     return {"id": msg.id, "kind": msg.kind, "size": msg.size, "units": msg.units,
-            "what": what, "path": msg.path}
+            "what": what, "path": msg.path, "start": custody_start(msg)}
 
