@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from .codec.header import valid_node_name
 from .contact import ContactPlanError, Schedule, parse_contact_plan, parse_iso_time
 from .errors import ConfigError
+from .fleet import Fleet, Member
 from .fsutil import atomic_write_bytes
 from .units import parse_address, parse_duration, parse_size
 
@@ -107,6 +108,7 @@ class EarthSettings:
     # Terraform provider mirrors, ":"-separated (default: Terraform's own plugin folders)
     terraform_mirror: str | None = None
     terraform_platform: str = "linux_amd64"  # the outposts' os_arch
+    channels: tuple[str, ...] = ("stable",)  # release channels in rollout order (fleet.py)
 
     @classmethod
     def from_table(cls, table: dict[str, Any], where: str = "[earth]") -> EarthSettings:
@@ -164,6 +166,7 @@ class Home:
     settings: Settings = field(default_factory=Settings)
     earth: EarthSettings = field(default_factory=EarthSettings)
     outpost: OutpostSettings = field(default_factory=OutpostSettings)
+    fleet: Fleet = field(default_factory=Fleet)  # Earth: [earth] channels, [[outposts]]
 
     @property
     def inbox(self) -> Path:
@@ -291,21 +294,49 @@ def load_home(path: Path) -> Home:
         raise ConfigError(f"{toml}: name must be letters, digits, - or _ (got {name!r})")
     if role not in ROLES:
         raise ConfigError(f"{toml}: role must be one of {', '.join(ROLES)} (got {role!r})")
-    unknown = sorted(set(data) - {"name", "role", "delivery", "earth", "outpost"})
+    unknown = sorted(set(data) - {"name", "role", "delivery", "earth", "outpost", "outposts"})
     if unknown:
         raise ConfigError(f"{toml}: unknown setting {unknown[0]!r} (known: name, role, "
-                          "[delivery], [earth], [outpost])")
+                          "[delivery], [earth], [outpost], [[outposts]])")
+    if "outposts" in data and role != "earth":
+        raise ConfigError(f"{toml}: [[outposts]] belongs in Earth's node.toml")
     outpost = OutpostSettings.from_table(_table(data, "outpost", toml), f"{toml}: [outpost]")
     outpost = replace(outpost, registry=outpost.registry or os.environ.get("OUTPOST_REGISTRY"),
                       # the CA from the environment goes with the registry from it only
                       registry_ca=outpost.registry_ca or (None if outpost.registry else
                                                           os.environ.get("OUTPOST_REGISTRY_CA")),
                       docker=outpost.docker or os.environ.get("OUTPOST_DOCKER"))
+    earth = EarthSettings.from_table(_table(data, "earth", toml), f"{toml}: [earth]")
     return Home(path=path, name=name, role=role,
                 settings=Settings.from_table(_table(data, "delivery", toml),
                                              f"{toml}: [delivery]"),
-                earth=EarthSettings.from_table(_table(data, "earth", toml), f"{toml}: [earth]"),
-                outpost=outpost)
+                earth=earth, outpost=outpost, fleet=_fleet(data.get("outposts", []), earth, toml))
+
+
+def _fleet(entries: Any, earth: EarthSettings, toml: Path) -> Fleet:
+    """Earth's [[outposts]] tables: each outpost's channel and groups."""
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{toml}: outposts must be [[outposts]] tables")
+    members = []
+    for e in entries:
+        where = f"{toml}: [[outposts]] {e.get('name', '?')}"
+        unknown = sorted(set(e) - {"name", "channel", "groups"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting {unknown[0]!r} (known: name, "
+                              "channel, groups)")
+        name, channel, groups = e.get("name"), e.get("channel", earth.channels[-1]), \
+            e.get("groups", [])
+        if not isinstance(name, str) or not valid_name(name):
+            raise ConfigError(f"{where}: name must be an outpost's name (got {name!r})")
+        if not isinstance(channel, str):
+            raise ConfigError(f"{where}: channel must be a name (got {channel!r})")
+        if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+            raise ConfigError(f"{where}: groups must be a list of names (got {groups!r})")
+        members.append(Member(name, channel, tuple(groups)))
+    try:
+        return Fleet(earth.channels, tuple(members))
+    except ConfigError as e:
+        raise ConfigError(f"{toml}: {e}") from None
 
 
 def _table(data: dict[str, Any], name: str, toml: Path) -> dict[str, Any]:
@@ -354,6 +385,11 @@ def _value(raw: Any, default: Any, duration: bool, size: bool) -> Any:
         return int(raw)
     if isinstance(default, float):
         return float(raw)
+    if isinstance(default, tuple):
+        if not isinstance(raw, list) or not raw or not all(isinstance(x, str) and x
+                                                           for x in raw):
+            raise ValueError("must be a list of names, e.g. [\"canary\", \"stable\"]")
+        return tuple(raw)
     if not isinstance(raw, str):
         raise ValueError("must be a string")
     return raw

@@ -19,7 +19,7 @@ from ..node.context import open_node
 from ..node.sender import Sender
 from ..node.setup import init_home, repair_home, trust_peer
 from ..progress import Meter
-from ..report import status_info
+from ..report import SORTS, sort_outposts, status_info
 from ..store.state import Message
 from ..units import parse_duration
 from .applies import apply_commands, print_apply_status
@@ -240,14 +240,21 @@ def _send_one(sender: Sender, file: Path, peer: str, priority: int, lifetime: fl
 @click.option("--watch", type=float, is_flag=False, flag_value=2.0, default=None,
               metavar="[SECONDS]", help="Show it again every SECONDS (2 if not given) until "
                                         "Ctrl-C.")
-def status(home: Path, as_json: bool, watch: float | None) -> None:
-    """What the node holds: custody, reassembly, link queues, quarantine.
+@click.option("--sort", type=click.Choice(sorted(SORTS)), default="name", show_default=True,
+              help="Earth: order of the outposts (release: behind first; report: newest "
+                   "first; heard: silent longest first; backlog: largest first).")
+def status(home: Path, as_json: bool, watch: float | None, sort: str) -> None:
+    """What the node holds: custody, reassembly, link queues, quarantine; at Earth,
+    every outpost with its channel, release, last report, when it was last heard from and
+    what waits for it.
 
-    Example: outpost-node status --home /srv/earth --watch
+    Example: outpost-node status --home /srv/earth --watch --sort backlog
     """
     h = load_home(home)
     while True:
         info = status_info(h)
+        if "outposts" in info:
+            info["outposts"] = sort_outposts(info["outposts"], sort)
         if as_json:
             if watch:
                 click.echo(json.dumps(info, default=str))

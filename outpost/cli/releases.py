@@ -16,7 +16,7 @@ from ..home import load_home, role_phrase
 from ..node.context import Node, open_node
 from ..node.sender import Sender
 from ..progress import Meter, MeteredReader
-from .output import emit_json, size, table
+from .output import age, emit_json, size, table
 from .progress import progress_bars
 
 HOME = click.option("--home", required=True, type=click.Path(path_type=Path),
@@ -34,10 +34,20 @@ def node_of_role(home: Path, role: str) -> Node:
 
 @click.command()
 @HOME
-@click.option("--to", "peers", multiple=True, help="Only this outpost (repeatable).")
+@click.option("--to", "peers", multiple=True, help="This outpost, now (repeatable).")
+@click.option("--group", "groups", multiple=True,
+              help="The outposts of this [[outposts]] group, now (repeatable).")
+@click.option("--channel", "channels", multiple=True,
+              help="The outposts of this channel, now: sends a rollout on by hand "
+                   "(repeatable).")
 @JSON
-def publish(home: Path, peers: tuple[str, ...], as_json: bool) -> None:
+def publish(home: Path, peers: tuple[str, ...], groups: tuple[str, ...],
+            channels: tuple[str, ...], as_json: bool) -> None:
     """Send the release at the head of the config repo to the outposts.
+
+    Without --to, --group or --channel it is a rollout through [earth] channels: the
+    first channel's outposts now, each next channel's once every outpost before it
+    reported the release applied (docs/releases.md). Each outpost gets only what it lacks.
 
     Example: outpost-node publish --home /srv/earth --to mars
     """
@@ -45,8 +55,14 @@ def publish(home: Path, peers: tuple[str, ...], as_json: bool) -> None:
 
     node = node_of_role(home, "earth")
     with progress_bars(show=not as_json) as meter:
-        results = Earth(node, Sender(node), meter).publish(list(peers) or None)
+        results = Earth(node, Sender(node), meter).publish(
+            list(peers) or None, groups=groups, channels=channels)
     _print_sent([r.to_json() for r in results], as_json)
+    stages = node.home.fleet.stages(node.peers())
+    if not (as_json or peers or groups or channels) and len(stages) > 1:
+        later = "; ".join(f"{c} ({len(m)})" for c, m in stages[1:])
+        click.echo(f"rollout: {stages[0][0]} ({len(stages[0][1])}) first; then {later}, "
+                   "each once the channel before it applied the release")
 
 
 @click.command()
@@ -152,12 +168,26 @@ def import_(home: Path, registry: str | None, file: Path) -> None:
 release_commands = [publish, export, sync, import_]
 
 
+def _outpost_row(o: dict[str, Any]) -> list[Any]:
+    config = (o["commit"] or "none")[:12] + (" (behind)" if o["behind"] else "")
+    last = o["last_report"]
+    report = f"{last['event']} {(last['release'] or '')[:12]}" if last else "-"
+    heard = "never" if o["heard_ago"] is None else f"{age(o['heard_ago'])} ago"
+    backlog = f"{o['backlog_messages']} msg, {size(o['backlog_bytes'])}" \
+        if o["backlog_messages"] else "-"
+    return [o["peer"], o["channel"], config, (o["running"] or "-")[:12], report, heard,
+            backlog]
+
+
 def print_release_status(info: dict[str, Any]) -> None:
     if "outposts" in info:
         click.echo(f"\nconfig repo head: {(info['config_head'] or 'none')[:12]}")
-        table(["OUTPOST", "CONFIG", "LAYERS", "IMAGES"],
-              [[o["peer"], (o["commit"] or "none")[:12], o["layers"], o["images"]]
-               for o in info["outposts"]])
+        table(["OUTPOST", "CHANNEL", "CONFIG", "RUNNING", "LAST REPORT", "HEARD", "BACKLOG"],
+              [_outpost_row(o) for o in info["outposts"]])
+        for r in info["rollouts"][:3]:
+            note = f": {r['note']}" if r["note"] else ""
+            click.echo(f"  rollout of {r['commit_id'][:12]}: {r['state']} at {r['channel']}"
+                       f"{note}")
         for r in info["reports"][:5]:
             click.echo(f"  report from {r['peer']}: {r['event']} {(r['release'] or '')[:12]}")
     elif "releases" in info:

@@ -153,21 +153,75 @@ def _status_page(home: Home) -> str | None:
 def release_status(node: Node) -> dict[str, Any]:
     store = ReleaseStore(node.state)
     if node.home.role == "earth":
-        repo = node.home.config_repo
-        outposts = [{"peer": p, "commit": store.commit_of(p),
-                     "layers": len(store.holding(p, LAYER)),
-                     "images": len(store.holding(p, IMAGE))} for p in node.peers()]
         try:
-            config_head: str | None = git.head(repo)
+            config_head: str | None = git.head(node.home.config_repo)
         except GitError:
             config_head = None
-        return {"config_head": config_head,
-                "outposts": outposts, "reports": store.reports(10)}
+        schedule, now = node.home.contact_schedule(), time.time()
+        outposts = [_outpost(node, store, p, config_head, now, schedule)
+                    for p in node.peers()]
+        rollouts = [{k: v for k, v in r.items() if k != "release"}
+                    | {"channel": _channel_at(node, r["stage"])}
+                    for r in store.rollouts(5)]
+        return {"config_head": config_head, "outposts": outposts, "rollouts": rollouts,
+                "reports": store.reports(10)}
     mirror = node.home.mirror
     return {"mirror_head": git.mirror_head(mirror) if mirror.exists() else None,
             "releases": [{k: v for k, v in r.items() if k != "meta"}
                          for r in store.releases()],
             "images": store.images(), "layers_held": len(store.layers())}
+
+
+def _outpost(node: Node, store: ReleaseStore, peer: str, head: str | None, now: float,
+             schedule: Schedule | None) -> dict[str, Any]:
+    """One outpost of Earth's fleet: its channel, what it holds and runs against what it
+    should (`target`: its channel's release), its last report, when Earth last heard from
+    it, and what waits for it (messages and bytes in custody, files in the outbox)."""
+    fleet = node.home.fleet
+    channel = fleet.channel_of(peer)
+    if len(fleet.channels) == 1:
+        target = head
+    else:
+        reached = store.reached(fleet.channels.index(channel))
+        target = reached["commit_id"] if reached else None
+    last = store.latest_report(peer)
+    running = store.last_report(peer, APPLY_EVENTS)
+    messages, left = node.state.backlog(peer)
+    heard = max((t for t in (node.state.last_ack(peer), last and last["at"]) if t),
+                default=None)
+    commit = store.commit_of(peer)
+    return {"peer": peer, "channel": channel, "groups": list(fleet.groups_of(peer)),
+            "commit": commit, "target": target,
+            "behind": target is not None and commit != target,
+            "running": running["detail"].get("running") if running else None,
+            "layers": len(store.holding(peer, LAYER)),
+            "images": len(store.holding(peer, IMAGE)),
+            "last_report": None if last is None else {
+                "event": last["event"], "release": last["release"], "at": last["at"]},
+            "heard": heard, "heard_ago": None if heard is None else now - heard,
+            "srtt": node.state.rtt(peer, node.home.settings.rtt).srtt,
+            "backlog_messages": messages, "backlog_bytes": left,
+            "outbox_files": len(bundle_files(node.home.outbox(peer))),
+            "window": window(schedule, now)}
+
+
+def _channel_at(node: Node, stage: int) -> str:
+    channels = node.home.fleet.channels
+    return channels[min(stage, len(channels) - 1)]
+
+
+SORTS = {"name": lambda o: o["peer"], "channel": lambda o: o["channel"],
+         "release": lambda o: (not o["behind"], o["commit"] or ""),
+         "report": lambda o: -(o["last_report"] or {}).get("at", 0),
+         "heard": lambda o: o["heard"] or 0.0,
+         "backlog": lambda o: -o["backlog_bytes"]}
+
+
+def sort_outposts(outposts: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """Earth's outposts in the order a person asked for: name, channel, release (those
+    behind first), report (newest first), heard (silent longest first), backlog (largest
+    first)."""
+    return sorted(outposts, key=SORTS[key])
 
 
 def apply_status(node: Node) -> dict[str, Any]:

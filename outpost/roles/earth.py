@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from ..codec import BULK, EXPEDITED, Header, PartWriter
 from ..errors import ConfigError, DockerError, GitError, MalformedBundle
+from ..fleet import DONE, HALTED, ROLLING, advance
 from ..fsutil import waiting_lock
 from ..images.delta import pick_bases
 from ..images.docker_source import docker_engine, image_facts, write_image
@@ -26,7 +28,7 @@ from ..release import git
 from ..release.config import ReleaseConfig, parse_release_config
 from ..release.manifest import COMMIT as COMMIT_RE
 from ..release.manifest import DIGEST, IMAGE_REF, ImageFacts, Release, split_ref
-from ..store.releases import COMMIT, IMAGE, LAYER, PROVIDER, ReleaseStore
+from ..store.releases import COMMIT, IMAGE, LAYER, OUTCOMES, PROVIDER, ReleaseStore
 from ..store.state import SENDING, Message
 from . import Call, Role, read_control
 
@@ -83,13 +85,66 @@ class Earth(Role):
         locked = parse_lock(text, f"{cfg.lock_file} at {commit[:12]}")
         return [Provider(p.source, p.version, self.platform, p.hashes) for p in locked]
 
-    def publish(self, peers: list[str] | None = None, *, via_link: bool = True) -> list[Sent]:
+    def publish(self, peers: list[str] | None = None, *, via_link: bool = True,
+                groups: Sequence[str] = (), channels: Sequence[str] = ()) -> list[Sent]:
+        """Send the release at the head of the config repo. To the outposts named (by
+        name, group or channel) at once; otherwise as a rollout through the channels: the
+        first channel's outposts now, each next channel's once the one before applied it
+        (on_report). Each outpost gets only what it lacks."""
         release, _cfg, client = self.current()
-        targets = peers or self.node.peers()
-        for peer in targets:
-            if peer not in self.node.peers():
-                raise ConfigError(f"{peer!r} is not a trusted peer")
-        return [self._publish_to(peer, release, client, via_link) for peer in targets]
+        if peers or groups or channels:
+            targets = self.node.home.fleet.select(self.node.peers(), names=peers or (),
+                                                  groups=groups, channels=channels)
+            return [self._publish_to(peer, release, client, via_link) for peer in targets]
+        stages = self.node.home.fleet.stages(self.node.peers())
+        self.store.start_rollout(release.commit, release.to_meta(), self.node.clock())
+        if len(stages) > 1:
+            log.info("rollout of %s: %s", release.id, "; then ".join(
+                f"{channel} ({len(members)})" for channel, members in stages))
+        sent = [self._publish_to(peer, release, client, via_link) for peer in stages[0][1]]
+        return sent + self._advance_rollout(release.commit)
+
+    def _advance_rollout(self, commit: str | None) -> list[Sent]:
+        """Move the rollout of `commit` on as far as its outposts' reports allow: send the
+        release to each next channel whose turn came, or halt it on a failure."""
+        row = self.store.rollout(commit) if commit else None
+        if row is None or row["state"] != ROLLING:
+            return []
+        stages = self.node.home.fleet.stages(self.node.peers())
+        release = Release.from_meta(row["release"])
+        stage, sent = int(row["stage"]), []
+        for _ in stages:
+            step = advance(stages, stage, lambda p: self.store.outcome(p, release.commit))
+            if (step.stage, step.state) == (stage, ROLLING):
+                break
+            self.store.set_rollout(release.commit, step.stage, step.state, step.why,
+                                   self.node.clock())
+            stage = step.stage
+            if step.state == HALTED:
+                log.warning("rollout of %s halted: %s", release.id, step.why)
+                break
+            if step.send:
+                log.info("rollout of %s moves on to %s: %s", release.id,
+                         stages[step.stage][0], ", ".join(step.send))
+                client = docker_engine(self.docker_host) if release.images else None
+                sent += [self._publish_to(p, release, client, True) for p in step.send]
+            if step.state == DONE:
+                break
+        return sent
+
+    def release_for(self, peer: str) -> tuple[Release | None, Engine | None]:
+        """The release `peer` should run: with one channel, the head of the config repo;
+        with several, the newest release a rollout brought as far as the peer's channel
+        (None: none yet)."""
+        fleet = self.node.home.fleet
+        if len(fleet.channels) == 1:
+            release, _cfg, client = self.current()
+            return release, client
+        row = self.store.reached(fleet.channels.index(fleet.channel_of(peer)))
+        if row is None:
+            return None, None
+        release = Release.from_meta(row["release"])
+        return release, docker_engine(self.docker_host) if release.images else None
 
     def _publish_to(self, peer: str, release: Release, client: Engine | None,
                     via_link: bool) -> Sent:
@@ -241,8 +296,11 @@ class Earth(Role):
                                     providers, as_of=header.created)
         log.info("%s reports config %s, %d layers, %d images; answering its sync",
                  header.src, (commit or "none")[:12], len(layers), len(images))
-        release, _cfg, client = self.current()
-        if not self._publish_to(header.src, release, client, True).messages:
+        release, client = self.release_for(header.src)
+        if release is None:
+            log.info("%s is in channel %s, which no rollout reached yet", header.src,
+                     self.node.home.fleet.channel_of(header.src))
+        elif not self._publish_to(header.src, release, client, True).messages:
             log.info("%s is up to date", header.src)
 
     def on_image_request(self, header: Header, path: Path) -> None:
@@ -287,6 +345,8 @@ class Earth(Role):
             self.store.hold(header.src, COMMIT,
                             [head] if isinstance(head, str) and COMMIT_RE.match(head) else [],
                             self.node.clock())
+        if event in OUTCOMES and isinstance(release, str):
+            self._advance_rollout(release)
 
 
 def _holdings(doc: Any) -> tuple[str | None, list[str], list[str], list[str]]:

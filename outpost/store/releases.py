@@ -1,8 +1,9 @@
 """Release bookkeeping in the node's SQLite state.
 
 Earth: `holdings` (what each outpost holds or will hold: its config commit, layers,
-images and Terraform providers, from acks of our bundles and from its own sync reports)
-and `reports`.
+images and Terraform providers, from acks of our bundles and from its own sync reports),
+`reports`, and `rollouts` (each release published to the fleet: the stage, a channel's
+index, it reached, and whether it is rolling, done or halted; fleet.py).
 Outpost: `held_layers` / `held_images` (what the gateway put in the registry),
 `pending_images` (images that came before some of their layers did) and `releases` (each
 release received and how far it got).
@@ -14,6 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from ..fleet import DONE, FAILED_EVENTS, ROLLING
 from .state import State
 
 SCHEMA = """
@@ -30,12 +32,17 @@ CREATE TABLE IF NOT EXISTS held_images (
 CREATE TABLE IF NOT EXISTS pending_images (
     image_id TEXT NOT NULL, ref TEXT NOT NULL, facts TEXT NOT NULL, src TEXT NOT NULL,
     since REAL NOT NULL, requested REAL, PRIMARY KEY (image_id, ref));
+CREATE TABLE IF NOT EXISTS rollouts (
+    commit_id TEXT PRIMARY KEY, release TEXT NOT NULL, started REAL NOT NULL,
+    stage INTEGER NOT NULL, state TEXT NOT NULL, note TEXT NOT NULL DEFAULT '',
+    changed REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS releases (
     commit_id TEXT PRIMARY KEY, meta TEXT NOT NULL, received REAL NOT NULL,
     state TEXT NOT NULL, note TEXT NOT NULL DEFAULT '');
 """
 
 COMMIT, LAYER, IMAGE, PROVIDER = "commit", "layer", "image", "provider"
+OUTCOMES = ("applied", *FAILED_EVENTS)  # an outpost's final word on a release
 # a release at the outpost: waiting for images, ready (config and images all present), refused
 WAITING, READY, REFUSED = "waiting-for-images", "ready", "refused"
 
@@ -95,10 +102,49 @@ class ReleaseStore:
                             "ORDER BY at DESC LIMIT 1", peer, *events)
         return {**dict(rows[0]), "detail": json.loads(rows[0]["detail"])} if rows else None
 
+    def latest_report(self, peer: str) -> dict[str, Any] | None:
+        rows = self.state.q("SELECT * FROM reports WHERE peer = ? ORDER BY at DESC LIMIT 1",
+                            peer)
+        return {**dict(rows[0]), "detail": json.loads(rows[0]["detail"])} if rows else None
+
     def reported(self, peer: str, release: str, event: str) -> bool:
         return bool(self.state.q(
             "SELECT 1 FROM reports WHERE peer = ? AND release = ? AND event = ?",
             peer, release, event))
+
+    def outcome(self, peer: str, release: str) -> str | None:
+        """The outpost's latest word on how `release` went there (applied, failed, ...)."""
+        marks = ",".join("?" * len(OUTCOMES))
+        rows = self.state.q(f"SELECT event FROM reports WHERE peer = ? AND release = ? AND "
+                            f"event IN ({marks}) ORDER BY at DESC LIMIT 1",
+                            peer, release, *OUTCOMES)
+        return str(rows[0]["event"]) if rows else None
+
+    # Earth: rollouts across the fleet
+    def start_rollout(self, commit: str, release: dict[str, Any], now: float) -> None:
+        with self.state.tx() as db:
+            db.execute("INSERT OR REPLACE INTO rollouts VALUES (?,?,?,0,?,'',?)",
+                       (commit, json.dumps(release), now, ROLLING, now))
+
+    def set_rollout(self, commit: str, stage: int, state: str, note: str,
+                    now: float) -> None:
+        with self.state.tx() as db:
+            db.execute("UPDATE rollouts SET stage = ?, state = ?, note = ?, changed = ? "
+                       "WHERE commit_id = ?", (stage, state, note, now, commit))
+
+    def rollout(self, commit: str) -> dict[str, Any] | None:
+        rows = self.state.q("SELECT * FROM rollouts WHERE commit_id = ?", commit)
+        return _rollout(rows[0]) if rows else None
+
+    def rollouts(self, limit: int = 10) -> list[dict[str, Any]]:
+        return [_rollout(r) for r in self.state.q(
+            "SELECT * FROM rollouts ORDER BY started DESC LIMIT ?", limit)]
+
+    def reached(self, stage: int) -> dict[str, Any] | None:
+        """The newest rollout that got as far as `stage` (a channel's index)."""
+        rows = self.state.q("SELECT * FROM rollouts WHERE stage >= ? OR state = ? "
+                            "ORDER BY started DESC LIMIT 1", stage, DONE)
+        return _rollout(rows[0]) if rows else None
 
     def refused(self, peer: str, release: str) -> bool:
         return self.reported(peer, release, "release-refused")
@@ -165,3 +211,7 @@ class ReleaseStore:
     def ready(self) -> list[str]:
         return [r["commit_id"] for r in
                 self.state.q("SELECT commit_id FROM releases WHERE state = ?", READY)]
+
+
+def _rollout(row: Any) -> dict[str, Any]:
+    return {**dict(row), "release": json.loads(row["release"])}

@@ -343,6 +343,13 @@ class State:
                      msg_id, ACKED)
         return int(row[0]["n"])
 
+    def backlog(self, peer: str) -> tuple[int, int]:
+        """Messages in custody for `peer` and their bytes not yet acknowledged."""
+        row = self.q("SELECT count(DISTINCT u.msg) AS m, coalesce(sum(u.size), 0) AS n "
+                     "FROM units u JOIN messages m ON m.id = u.msg WHERE u.peer = ? AND "
+                     "m.state = ? AND u.state != ?", peer, SENDING, ACKED)
+        return int(row[0]["m"]), int(row[0]["n"])
+
     def queued_bytes(self, peer: str) -> int:
         row = self.q("SELECT coalesce(sum(size), 0) AS n FROM units WHERE peer = ? AND state = ?",
                      peer, QUEUED)

@@ -81,9 +81,14 @@ function render(s) {
     s.reassembling.map(r => [short(r.parent), esc(r.src), esc(r.kind), size(r.total),
       bar(r.received, r.total)]), "nothing half-arrived");
   if (s.role === "earth") {
-    table("releases", ["outpost", "config", "layers held", "images held", "running"],
-      s.outposts.map(o => [esc(o.peer), short(o.commit), o.layers, o.images,
-        short((s.fleet[o.peer] || {}).running)]), "no outposts");
+    table("releases", ["outpost", "channel", "config", "running", "last report", "heard",
+      "backlog", "layers held", "images held"],
+      s.outposts.map(o => [esc(o.peer), esc(o.channel), short(o.commit) +
+        (o.behind ? " <span class=bad>behind</span>" : ""), short(o.running),
+        o.last_report ? esc(o.last_report.event) + " " + short(o.last_report.release) : "",
+        o.heard_ago == null ? "never" : ago(o.heard_ago) + " ago",
+        o.backlog_messages ? o.backlog_messages + " msg, " + size(o.backlog_bytes) : "",
+        o.layers, o.images]), "no outposts");
     table("applies", ["from", "event", "release", "when"],
       s.reports.map(r => [esc(r.peer), esc(r.event), short(r.release), ago(s.now - r.at)]),
       "no reports yet");
