@@ -58,7 +58,7 @@ def publish(home: Path, peers: tuple[str, ...], groups: tuple[str, ...],
         results = Earth(node, Sender(node), meter).publish(
             list(peers) or None, groups=groups, channels=channels)
     _print_sent([r.to_json() for r in results], as_json)
-    stages = node.home.fleet.stages(node.peers())
+    stages = [(c, m) for c, m in node.home.fleet.stages(node.peers()) if m]
     if not (as_json or peers or groups or channels) and len(stages) > 1:
         later = "; ".join(f"{c} ({len(m)})" for c, m in stages[1:])
         click.echo(f"rollout: {stages[0][0]} ({len(stages[0][1])}) first; then {later}, "

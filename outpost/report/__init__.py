@@ -72,7 +72,7 @@ def _status(node: Node) -> dict[str, Any]:
             "inbox_files": len(bundle_files(home.inbox)),
             "delivered_seen": st.seen_count(),
             "quarantine": quarantined, "status_page": _status_page(home),
-            **release_status(node), **apply_status(node)}
+            **release_status(node, schedule), **apply_status(node)}
     return info
 
 
@@ -150,14 +150,14 @@ def _status_page(home: Home) -> str | None:
         return None
 
 
-def release_status(node: Node) -> dict[str, Any]:
+def release_status(node: Node, schedule: Schedule | None = None) -> dict[str, Any]:
     store = ReleaseStore(node.state)
     if node.home.role == "earth":
         try:
             config_head: str | None = git.head(node.home.config_repo)
         except GitError:
             config_head = None
-        schedule, now = node.home.contact_schedule(), time.time()
+        now = time.time()
         outposts = [_outpost(node, store, p, config_head, now, schedule)
                     for p in node.peers()]
         rollouts = [{k: v for k, v in r.items() if k != "release"}
@@ -182,7 +182,7 @@ def _outpost(node: Node, store: ReleaseStore, peer: str, head: str | None, now: 
     if len(fleet.channels) == 1:
         target = head
     else:
-        reached = store.reached(fleet.channels.index(channel))
+        reached = store.reached(fleet, peer)
         target = reached["commit_id"] if reached else None
     last = store.latest_report(peer)
     running = store.last_report(peer, APPLY_EVENTS)

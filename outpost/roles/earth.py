@@ -98,9 +98,9 @@ class Earth(Role):
             return [self._publish_to(peer, release, client, via_link) for peer in targets]
         stages = self.node.home.fleet.stages(self.node.peers())
         self.store.start_rollout(release.commit, release.to_meta(), self.node.clock())
-        if len(stages) > 1:
+        if sum(bool(members) for _c, members in stages) > 1:
             log.info("rollout of %s: %s", release.id, "; then ".join(
-                f"{channel} ({len(members)})" for channel, members in stages))
+                f"{channel} ({len(members)})" for channel, members in stages if members))
         sent = [self._publish_to(peer, release, client, via_link) for peer in stages[0][1]]
         return sent + self._advance_rollout(release.commit)
 
@@ -140,7 +140,7 @@ class Earth(Role):
         if len(fleet.channels) == 1:
             release, _cfg, client = self.current()
             return release, client
-        row = self.store.reached(fleet.channels.index(fleet.channel_of(peer)))
+        row = self.store.reached(fleet, peer)
         if row is None:
             return None, None
         release = Release.from_meta(row["release"])

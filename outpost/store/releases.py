@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..fleet import DONE, FAILED_EVENTS, ROLLING
+from ..fleet import DONE, FAILED_EVENTS, ROLLING, Fleet
 from .state import State
 
 SCHEMA = """
@@ -140,8 +140,10 @@ class ReleaseStore:
         return [_rollout(r) for r in self.state.q(
             "SELECT * FROM rollouts ORDER BY started DESC LIMIT ?", limit)]
 
-    def reached(self, stage: int) -> dict[str, Any] | None:
-        """The newest rollout that got as far as `stage` (a channel's index)."""
+    def reached(self, fleet: Fleet, peer: str) -> dict[str, Any] | None:
+        """The newest rollout that got as far as `peer`'s channel: the release it should
+        run where there are several channels (with one, it is the config repo's head)."""
+        stage = fleet.channels.index(fleet.channel_of(peer))
         rows = self.state.q("SELECT * FROM rollouts WHERE stage >= ? OR state = ? "
                             "ORDER BY started DESC LIMIT 1", stage, DONE)
         return _rollout(rows[0]) if rows else None
