@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..home import Home, load_home
 from ..node.context import Node, open_node
 from ..node.sender import Sender
-from ..report import message_progress
+from ..report import Outlook, message_progress
 from ..store.spool import REASON, bundle_files, read_reason
 from ..store.state import FAILED, SENDING, Message
 from ..units import parse_duration
@@ -46,8 +46,8 @@ def custody_ls(home: Path, as_json: bool) -> None:
     Example: outpost-node custody ls --home /srv/earth
     """
     with _opened(home) as node:
-        schedule, now = node.home.contact_schedule(), time.time()
-        rows = [{**message_progress(node, m, node.state.units_of(m.id), now, schedule),
+        outlook, now = Outlook.of(node), time.time()
+        rows = [{**message_progress(m, node.state.units_of(m.id), now, outlook),
                  "state": m.state}
                 for m in [*node.state.messages(SENDING), *node.state.messages(FAILED)]]
     if as_json:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..apply.context import Paths
@@ -38,7 +39,8 @@ def status_info(home: Home) -> dict[str, Any]:
 def _status(node: Node) -> dict[str, Any]:
     home, st, now = node.home, node.state, time.time()
     s = home.settings
-    schedule = home.contact_schedule()
+    outlook = Outlook.of(node)
+    schedule = outlook.schedule
     peers = []
     for peer in node.peers():
         est = st.rtt(peer, s.rtt)
@@ -49,18 +51,19 @@ def _status(node: Node) -> dict[str, Any]:
                       "clock": clock_verdict(offset, s.clock_skew, s.rtt),
                       "window": window(schedule, now)})
     sending, journeys = [], []
+    units_of = st.units_by_message(SENDING)
     for m in st.messages(SENDING):
-        units = st.units_of(m.id)
+        units = units_of.get(m.id, [])
         sending.append({"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size,
                         "units": m.units, "acked": sum(u.state == ACKED for u in units),
                         "in_flight": sum(u.state == FLIGHT for u in units),
                         "age": now - m.created, "expires_in": m.expires - now,
                         "resent_whole": m.rounds})
-        journeys.append(_journey(node, m, units, now, schedule))
+        journeys.append(_journey(node, m, units, now, outlook))
     failed = [{"id": m.id, "kind": m.kind, "peer": m.peer, "size": m.size,
                "why": m.meta.get("why", ""), "age": now - m.created}
               for m in st.messages(FAILED)]
-    journeys += [_journey(node, m, [], now, schedule) for m in st.finished_messages(RECENT)]
+    journeys += [_journey(node, m, [], now, outlook) for m in st.finished_messages(RECENT)]
     reasm = [{"parent": r["parent"], "src": r["src"], "kind": r["kind"], "total": r["total"],
               "received": r["received"], "fragments": r["count"]}
              for r in st.reassemblies()]
@@ -80,7 +83,7 @@ RECENT = 30  # finished messages the bundle journeys show
 
 
 def _journey(node: Node, m: Message, units: list[Unit], now: float,
-             schedule: Schedule | None) -> dict[str, Any]:
+             outlook: Outlook) -> dict[str, Any]:
     """Where a message is on its way (`units`: its units, while in custody): queued (in
     custody, nothing taken yet), sent (the link took some of it), acked (the peer holds it
     all), applied (the release it belongs to was applied there); or failed / expired,
@@ -93,12 +96,12 @@ def _journey(node: Node, m: Message, units: list[Unit], now: float,
         applied = isinstance(release, str) and ReleaseStore(node.state).reported(
             m.peer, release, APPLIED)
         stage = "applied" if applied else "acked"
-    return {**message_progress(node, m, units, now, schedule), "priority": m.priority,
+    return {**message_progress(m, units, now, outlook), "priority": m.priority,
             "stage": stage, "release": m.meta.get("release")}
 
 
-def message_progress(node: Node, m: Message, units: list[Unit], now: float,
-                     schedule: Schedule | None) -> dict[str, Any]:
+def message_progress(m: Message, units: list[Unit], now: float,
+                     outlook: Outlook) -> dict[str, Any]:
     """How far a message is: units and bytes acknowledged, bytes left and an ETA."""
     acked = sum(u.size for u in units if u.state == ACKED)
     total = sum(u.size for u in units) or m.size
@@ -107,23 +110,38 @@ def message_progress(node: Node, m: Message, units: list[Unit], now: float,
             "acked_units": sum(u.state == ACKED for u in units), "bytes_acked": acked,
             "bytes_left": left,
             "percent": 100.0 if m.state == DELIVERED else 100.0 * acked / max(total, 1),
-            "eta": eta(node, m.peer, left, now, schedule) if m.state == SENDING else None,
+            "eta": outlook.eta(m.peer, left, now) if m.state == SENDING else None,
             "why": m.meta.get("why", ""), "age": now - m.created}
 
 
-def eta(node: Node, peer: str, bytes_left: int, now: float,
-        schedule: Schedule | None) -> float | None:
-    """Seconds until what is left of a message is acknowledged: its bytes at the link's
-    `bandwidth`, sent only while the contact plan has the link up, and one round trip.
-    None where the bandwidth is not set or the plan never gives the link that long."""
-    s = node.home.settings
-    if not s.bandwidth:
-        return None
-    needed = bytes_left / s.bandwidth
-    done = now + needed if schedule is None else schedule.after_up_time(now, needed)
-    if math.isinf(done):
-        return None
-    return done - now + node.state.rtt(peer, s.rtt).srtt
+@dataclass(frozen=True)
+class Outlook:
+    """What the node expects of its links, read once per report (which may cover thousands
+    of messages): the bandwidth, the contact plan, each peer's smoothed round trip."""
+
+    bandwidth: int
+    schedule: Schedule | None
+    srtt: dict[str, float]
+
+    @classmethod
+    def of(cls, node: Node) -> Outlook:
+        s = node.home.settings
+        return cls(s.bandwidth, node.home.contact_schedule(),
+                   {p: node.state.rtt(p, s.rtt).srtt for p in node.peers()})
+
+    def eta(self, peer: str, bytes_left: int, now: float) -> float | None:
+        """Seconds until what is left of a message is acknowledged: its bytes at the
+        link's `bandwidth`, sent only while the contact plan has the link up, and one
+        round trip. None where the bandwidth is not set or the plan never gives the link
+        that long."""
+        if not self.bandwidth:
+            return None
+        needed = bytes_left / self.bandwidth
+        done = now + needed if self.schedule is None else self.schedule.after_up_time(
+            now, needed)
+        if math.isinf(done):
+            return None
+        return done - now + self.srtt.get(peer, 0.0)
 
 
 def window(schedule: Schedule | None, now: float) -> dict[str, Any] | None:

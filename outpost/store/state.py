@@ -254,6 +254,15 @@ class State:
         return [Unit(**dict(r)) for r in
                 self.q("SELECT * FROM units WHERE msg = ? ORDER BY idx", msg_id)]
 
+    def units_by_message(self, state: str) -> dict[str, list[Unit]]:
+        """The units of every message in `state`, by message, in one query (status reads
+        thousands of messages in custody)."""
+        out: dict[str, list[Unit]] = {}
+        for r in self.q("SELECT u.* FROM units u JOIN messages m ON m.id = u.msg "
+                        "WHERE m.state = ? ORDER BY u.msg, u.idx", state):
+            out.setdefault(r["msg"], []).append(Unit(**dict(r)))
+        return out
+
     def unit(self, unit_id: str) -> Unit | None:
         rows = self.q("SELECT * FROM units WHERE id = ?", unit_id)
         return Unit(**dict(rows[0])) if rows else None
