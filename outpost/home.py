@@ -109,10 +109,15 @@ class EarthSettings:
     terraform_mirror: str | None = None
     terraform_platform: str = "linux_amd64"  # the outposts' os_arch
     channels: tuple[str, ...] = ("stable",)  # release channels in rollout order (fleet.py)
+    # images from a registry (HOST:PORT, or https://HOST) instead of the Docker daemon
+    source_registry: str | None = None
+    source_auth: str | None = None  # a file: USER:PASSWORD, or a token (relative to the home)
+    source_ca: str | None = None  # the CA the source registry's certificate is checked against
+    layer_cache: int = 20 * 1024**3  # bytes of layers and packed parts kept for the fleet
 
     @classmethod
     def from_table(cls, table: dict[str, Any], where: str = "[earth]") -> EarthSettings:
-        return _typed(cls, table, where)
+        return _typed(cls, table, where, sizes={"layer_cache"})
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,11 @@ class Home:
     @property
     def staging(self) -> Path:
         return self.spool / "staging"
+
+    @property
+    def cache(self) -> Path:
+        """Earth's layer cache (sources/cache.py), beside custody so a file can move in."""
+        return self.spool / "cache"
 
     @property
     def config_repo(self) -> Path:

@@ -1,7 +1,9 @@
-"""Parse and format the durations and sizes people type: 250ms, 30s, 20m, 1h; 64k, 2M, 1G."""
+"""Parse and format the durations and sizes people type (250ms, 30s, 20m, 1h; 64k, 2M, 1G),
+and judge the addresses they give."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from .errors import ConfigError
@@ -74,3 +76,13 @@ def format_duration(seconds: float) -> str:
     if s < 172800:
         return f"{sign}{s / 3600:.1f}h"
     return f"{sign}{s / 86400:.1f}d"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

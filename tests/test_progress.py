@@ -25,12 +25,13 @@ from outpost.codec import PartWriter, PayloadEncoder
 from outpost.gateway.importer import Gateway
 from outpost.gateway.registry import Registry
 from outpost.images.archive import stage_archive
-from outpost.images.docker_source import write_image
-from outpost.images.engine import Engine
+from outpost.images.pack import write_image
 from outpost.node.context import open_node
 from outpost.node.setup import init_home
 from outpost.progress import Advance, MeteredReader, prefixed, running_total, silent
 from outpost.release.manifest import ImageFacts
+from outpost.sources.cache import LayerCache
+from outpost.sources.docker import DockerSource
 from outpost.store.releases import ReleaseStore
 
 from .conftest import Services
@@ -87,8 +88,10 @@ def test_packing_an_image_reports_docker_save_and_every_byte_packed(
     facts = ImageFacts(ref=ref, image_id=image_id, diff_ids=diff_ids)
     rec = Recorder()
     with open(tmp_path / "payload", "wb") as out:
-        write_image(Engine(services.docker_host), facts, set(), PartWriter(
-            PayloadEncoder("zstd", 3), out, None), tmp_path, meter=rec)
+        files = DockerSource(services.docker_host, LayerCache(tmp_path / "cache", 1 << 30)
+                             ).files(facts, set(diff_ids), rec)
+        write_image(facts, files, set(), PartWriter(PayloadEncoder("zstd", 3), out, None),
+                    meter=rec)
     saved = len(save_image(docker_client, image_id))
     assert rec.done[f"docker save {ref}"] == saved  # every byte of the stream
     packed = f"packing {ref}"

@@ -41,11 +41,39 @@ class PartWriter:
 
     def __init__(self, enc: PayloadEncoder, out: BinaryIO, progress: Progress | None) -> None:
         self._enc, self._out, self._progress = enc, out, progress
+        self._tee: BinaryIO | None = None
+
+    @property
+    def codec(self) -> str:
+        return self._enc.codec
 
     def write(self, raw: bytes) -> None:
-        self._out.write(self._enc.write(raw))
+        self._emit(self._enc.write(raw))
         if self._progress:
             self._progress(len(raw))
+
+    def capture(self, into: BinaryIO) -> None:
+        """Also write the compressed bytes of the frame under way to `into` until
+        `end_frame`: a part packed once, kept to be added as it is (`copy_packed`) to the
+        next bundle that carries it."""
+        self._tee = into
+
+    def copy_packed(self, source: BinaryIO, raw_length: int) -> int:
+        """Add whole frames packed before (`capture`) that stand for `raw_length` raw bytes;
+        returns the compressed bytes added."""
+        done = 0
+        while data := source.read(CHUNK):
+            self._out.write(self._enc.packed(data, 0))
+            done += len(data)
+        self._enc.packed(b"", raw_length)
+        if self._progress:
+            self._progress(raw_length)
+        return done
+
+    def _emit(self, data: bytes) -> None:
+        self._out.write(data)
+        if self._tee is not None:
+            self._tee.write(data)
 
     def copy_from(self, source: BinaryIO, limit: int = -1) -> int:
         """Stream `source` (up to `limit` bytes) into the payload; returns bytes copied."""
@@ -59,7 +87,8 @@ class PartWriter:
         return done
 
     def end_frame(self) -> None:
-        self._out.write(self._enc.end_frame())
+        self._emit(self._enc.end_frame())
+        self._tee = None
 
 
 Fill = Callable[[PartWriter], dict[str, Any] | None]

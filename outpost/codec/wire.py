@@ -252,6 +252,14 @@ class PayloadEncoder:
         self._obj = None
         return self._out(data)
 
+    def packed(self, data: bytes, raw_length: int) -> bytes:
+        """Take bytes compressed before (whole frames of this codec, standing for
+        `raw_length` raw bytes) as they are, between frames."""
+        if self._obj is not None:
+            raise ValueError("a frame is open: end it before adding packed frames")
+        self.raw_length += raw_length
+        return self._out(data)
+
     def payload(self) -> Payload:
         return Payload(codec=self.codec, length=self.length, raw_length=self.raw_length,
                        sha256=self.sha.digest())

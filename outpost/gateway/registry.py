@@ -23,16 +23,17 @@ import http.client
 import json
 import re
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 from urllib.parse import quote, urlencode, urlsplit
 
 from ..errors import ConfigError, RegistryError
 from ..home import OutpostSettings
 from ..release.manifest import DIGEST, NAME, TAG, split_ref
+from .auth import Credentials, authorization
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -156,7 +157,7 @@ class Registry:
     """A Registry HTTP API v2 client bound to one registry and one keep-alive connection."""
 
     def __init__(self, address: str, *, timeout: float = 60, scheme: str = "http",
-                 cafile: str | None = None) -> None:
+                 cafile: str | None = None, auth: Credentials | None = None) -> None:
         if "://" in address:
             scheme, _, address = address.partition("://")
         address = address.rstrip("/")
@@ -172,6 +173,7 @@ class Registry:
         if scheme == "https":
             self._ssl = ssl.create_default_context(cafile=cafile)
         self._conn: http.client.HTTPConnection | None = None
+        self._auth, self._authorization = auth, ""
 
     @property
     def url(self) -> str:
@@ -197,9 +199,11 @@ class Registry:
         """Raise RegistryError, saying what to do, unless /v2/ answers 200."""
         resp = self._request("GET", "/v2/")
         if resp.status == 401:
-            raise RegistryError(f"registry at {self.url} requires authentication, which the "
-                                "outpost gateway does not support: run it without auth on the "
-                                "outpost's LAN or pass --registry", status=401)
+            raise RegistryError(f"registry at {self.url} refused the credentials: check the "
+                                "[earth] source_auth file" if self._auth else
+                                f"registry at {self.url} requires authentication: at Earth, "
+                                "name a credentials file in [earth] source_auth; run the "
+                                "outpost's own registry without", status=401)
         if resp.status != 200:
             raise RegistryError(f"{self.url}/v2/ answered HTTP {resp.status}, not a Registry "
                                 f"v2 API: {START_HINT} HOST:PORT", status=resp.status)
@@ -235,27 +239,55 @@ class Registry:
         if size < 0 or size > limit:
             raise RegistryError(f"blob {digest[:19]} in {repo}: "
                                 f"{'absent' if size < 0 else f'{size} bytes, over {limit}'}")
-        conn = self._connection()
         sha = hashlib.sha256()
         try:
-            conn.request("GET", self._blob_path(repo, digest),
-                         headers={"User-Agent": "outpost-gateway"})
-            got = conn.getresponse()
-            with open(dest, "wb") as f:
+            with self.open_blob(repo, digest) as got, open(dest, "wb") as f:
                 while chunk := got.read(CHUNK):
                     sha.update(chunk)
                     f.write(chunk)
-            if got.will_close:
-                self.close()
+        except RegistryError:
+            dest.unlink(missing_ok=True)
+            raise
         except (OSError, http.client.HTTPException) as e:
-            self.close()
             dest.unlink(missing_ok=True)
             raise self._unreachable(e) from e
-        if got.status != 200 or "sha256:" + sha.hexdigest() != digest:
+        if "sha256:" + sha.hexdigest() != digest:
             dest.unlink(missing_ok=True)
             raise RegistryError(f"blob {digest[:19]} in {repo} is damaged: its content has "
-                                "another digest" if got.status == 200 else
-                                f"GET blob {digest[:19]} in {repo}: HTTP {got.status}")
+                                "another digest")
+
+    @contextlib.contextmanager
+    def open_blob(self, repo: str, digest: str) -> Iterator[BinaryIO]:
+        """Blob `digest` of `repo` as a stream (unchecked: the caller hashes what it reads).
+        Follows the redirect a registry with blobs in object storage answers with."""
+        path, conn = self._blob_path(repo, digest), self._connection()
+        try:
+            try:
+                resp = self._open_stream(conn, path)
+                location = resp.getheader("Location")
+                if resp.status in (301, 302, 303, 307, 308) and location:
+                    resp.read()
+                    conn.close()
+                    conn = _connection_to(location, self.timeout, self._ssl)
+                    resp = _get(conn, _location_path(location), {})
+            except (OSError, http.client.HTTPException) as e:
+                raise self._unreachable(e) from e
+            if resp.status != 200:
+                raise RegistryError(f"GET blob {digest[:19]} in {repo}: HTTP {resp.status}",
+                                    status=resp.status)
+            yield cast(BinaryIO, resp)
+        finally:
+            conn.close()
+            self._conn = None
+
+    def _open_stream(self, conn: http.client.HTTPConnection, path: str
+                     ) -> http.client.HTTPResponse:
+        """A GET whose body the caller streams, answering one authentication challenge."""
+        resp = _get(conn, path, self._headers())
+        if resp.status == 401 and self._answer(resp.getheader("WWW-Authenticate")):
+            resp.read()
+            resp = _get(conn, path, self._headers())
+        return resp
 
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
         """Link blob `digest` from `from_repo` into `repo` without sending it; False if absent."""
@@ -421,8 +453,28 @@ class Registry:
 
     def _request(self, method: str, path: str, *, body: bytes | None = None,
                  headers: dict[str, str] | None = None) -> Response:
-        """One request with a bytes body; any HTTP status is returned, not raised."""
-        hdrs = {"User-Agent": "outpost-gateway", **(headers or {})}
+        """One request with a bytes body; any HTTP status is returned, not raised. A 401
+        with credentials at hand is answered once (auth.py) and the request sent again."""
+        resp = self._send(method, path, body, headers)
+        if resp.status == 401 and self._answer(resp.headers.get("WWW-Authenticate")):
+            resp = self._send(method, path, body, headers)
+        return resp
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        auth = {"Authorization": self._authorization} if self._authorization else {}
+        return {"User-Agent": "outpost", **auth, **(extra or {})}
+
+    def _answer(self, challenge: str | None) -> bool:
+        """Take the Authorization that answers `challenge`; False with nothing to answer."""
+        if self._auth is None or not challenge:
+            return False
+        self._authorization = authorization(challenge, self._auth, f"registry at {self.url}",
+                                            self._ssl, self.timeout)
+        return True
+
+    def _send(self, method: str, path: str, body: bytes | None,
+              headers: dict[str, str] | None) -> Response:
+        hdrs = self._headers(headers)
         for attempt in (0, 1):
             conn = self._connection()
             # http.client reopens a closed socket by itself; only a connection that served an
@@ -446,7 +498,8 @@ class Registry:
         conn = self._connection()
         try:
             conn.putrequest(method, path, skip_accept_encoding=True)
-            conn.putheader("User-Agent", "outpost-gateway")
+            for name, value in self._headers().items():
+                conn.putheader(name, value)
             conn.putheader("Content-Type", "application/octet-stream")
             conn.putheader("Content-Length", str(size))
             conn.endheaders()
@@ -546,7 +599,8 @@ class Upload:
         try:
             self._conn.putrequest("PATCH", _location_path(self.location),
                                   skip_accept_encoding=True)
-            self._conn.putheader("User-Agent", "outpost-gateway")
+            for name, value in registry._headers().items():
+                self._conn.putheader(name, value)
             self._conn.putheader("Content-Type", "application/octet-stream")
             self._conn.putheader("Content-Length", str(size))
             self._conn.endheaders()
@@ -597,6 +651,22 @@ class Upload:
     def _broken(self, err: OSError | http.client.HTTPException) -> RegistryError:
         self.registry.close()
         return self.registry._unreachable(err)
+
+
+def _get(conn: http.client.HTTPConnection, path: str,
+         headers: dict[str, str]) -> http.client.HTTPResponse:
+    conn.request("GET", path, headers={"User-Agent": "outpost", **headers})
+    return conn.getresponse()
+
+
+def _connection_to(url: str, timeout: float,
+                   context: ssl.SSLContext | None) -> http.client.HTTPConnection:
+    """A connection to where a redirect points (object storage: no registry credentials)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(parts.netloc, timeout=timeout,
+                                           context=context or ssl.create_default_context())
+    return http.client.HTTPConnection(parts.netloc, timeout=timeout)
 
 
 def _location_path(location: str) -> str:

@@ -1,27 +1,24 @@
 """Earth's side: images from its Docker daemon (`docker save`, engine.py), streamed.
 
 `docker save` names layers by legacy ids or blob paths, not diff_ids, so each file in the
-stream is hashed while it is spooled to a temporary file; the ones the outpost lacks then
-go into the bundle, each in its own zstd frame.
+stream is hashed while it is spooled to a temporary file; the wanted ones are kept, named
+by digest (Earth's layer cache, sources/cache.py, is where they go).
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
+import os
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from ..codec import PartWriter
 from ..errors import DockerError
-from ..progress import Advance, Meter, MeteredReader, silent
+from ..progress import Meter, MeteredReader, silent
 from ..release.manifest import ImageFacts
-from .delta import patch, usable_base
 from .engine import Engine
-from .parts import ImagePayload, Part
 
 SAVE_CHUNK = 1024 * 1024
 
@@ -67,15 +64,13 @@ class ChunkReader:
 
 def spool_save(engine: Engine, facts: ImageFacts, wanted: set[str],
                into: Path, meter: Meter = silent) -> dict[str, Path]:
-    """Stream `docker save` of the image; keep the config and the `wanted` layers as files
-    named by digest in `into`. Returns digest -> path for what was kept."""
-    return _spool(engine, facts.image_id, facts.ref, {facts.image_id, *wanted}, into, meter)
-
-
-def _spool(engine: Engine, image: str, name: str, wanted: set[str],
-           into: Path, meter: Meter = silent) -> dict[str, Path]:
+    """Stream `docker save` of the image; keep the `wanted` files (layers by diff_id, the
+    config by image ID) as `into`/sha256-HEX, each written whole before it is named.
+    Returns digest -> path for what was kept."""
     kept: dict[str, Path] = {}
-    saved = MeteredReader(ChunkReader(engine.save(image)), meter(f"docker save {name}"))
+    name = facts.ref
+    saved = MeteredReader(ChunkReader(engine.save(facts.image_id)),
+                          meter(f"docker save {name}"))
     reader = cast(BinaryIO, saved)
     try:
         with tarfile.open(fileobj=reader, mode="r|") as tar:
@@ -96,57 +91,18 @@ def _spool_member(tar: tarfile.TarFile, member: tarfile.TarInfo, wanted: set[str
     if src is None:
         return
     sha = hashlib.sha256()
-    with tempfile.NamedTemporaryFile(dir=into, delete=False) as tmp:
+    with tempfile.NamedTemporaryFile(dir=into, prefix=".", suffix=".part",
+                                     delete=False) as tmp:
         while block := src.read(SAVE_CHUNK):
             sha.update(block)
             tmp.write(block)
-    digest = "sha256:" + sha.hexdigest()
+        digest = "sha256:" + sha.hexdigest()
+        if digest in wanted:
+            tmp.flush()
+            os.fsync(tmp.fileno())
     if digest in wanted and digest not in kept:
         target = into / digest.replace(":", "-")
-        shutil.move(tmp.name, target)
+        os.replace(tmp.name, target)
         kept[digest] = target
     else:
         Path(tmp.name).unlink()
-
-
-def write_image(engine: Engine, facts: ImageFacts, held: set[str], w: PartWriter,
-                scratch: Path, bases: dict[str, str] | None = None,
-                base_image: str | None = None, meter: Meter = silent) -> ImagePayload:
-    """Write the config and the layers not in `held` into the payload, a frame each; a
-    layer with a base in `bases` (layer -> a layer of `base_image` the outpost holds) as a
-    delta against it where that pays (delta.py)."""
-    wanted = [d for d in dict.fromkeys(facts.diff_ids) if d not in held]
-    bases = {d: b for d, b in (bases or {}).items() if d in wanted}
-    with tempfile.TemporaryDirectory(dir=scratch) as tmpdir:
-        files = spool_save(engine, facts, set(wanted), Path(tmpdir), meter)
-        base_files = _spool(engine, base_image, f"{facts.ref}'s earlier version",
-                            set(bases.values()), Path(tmpdir), meter) if bases and base_image \
-            else {}
-        advance = meter(f"packing {facts.ref}", sum(p.stat().st_size for p in files.values()))
-        config_size = _copy_part(files[facts.image_id], w, advance)
-        layers = []
-        for d in wanted:
-            base = base_files.get(bases.get(d, ""))
-            if base is not None and usable_base(base.stat().st_size, files[d].stat().st_size):
-                layers.append(_write_delta(files[d], d, base, bases[d], w))
-                advance(files[d].stat().st_size)
-            else:
-                layers.append(Part(d, _copy_part(files[d], w, advance)))
-    return ImagePayload(facts=facts, config_size=config_size, layers=layers)
-
-
-def _copy_part(path: Path, w: PartWriter, advance: Advance) -> int:
-    with open(path, "rb") as f:
-        size = w.copy_from(cast(BinaryIO, MeteredReader(f, advance)))
-    w.end_frame()
-    return size
-
-
-def _write_delta(layer: Path, diff_id: str, base: Path, base_id: str, w: PartWriter) -> Part:
-    sha, written = hashlib.sha256(), 0
-    for chunk in patch(base, layer):
-        sha.update(chunk)
-        w.write(chunk)
-        written += len(chunk)
-    w.end_frame()
-    return Part("sha256:" + sha.hexdigest(), written, diff_id, base_id, layer.stat().st_size)

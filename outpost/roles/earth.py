@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from ..codec import BULK, EXPEDITED, Header, PartWriter
-from ..errors import ConfigError, DockerError, GitError, MalformedBundle
+from ..codec.files import Fill
+from ..errors import ConfigError, GitError, MalformedBundle
 from ..fleet import DONE, HALTED, ROLLING, advance
 from ..fsutil import waiting_lock
 from ..images.delta import pick_bases
-from ..images.docker_source import docker_engine, image_facts, write_image
-from ..images.engine import Engine
+from ..images.pack import write_image
 from ..node.context import Node, log
 from ..node.handlers import Handler
 from ..node.sender import Sender, custody_start
@@ -27,7 +27,8 @@ from ..providers.package import Provider, safe_file_name
 from ..release import git
 from ..release.config import ReleaseConfig, parse_release_config
 from ..release.manifest import COMMIT as COMMIT_RE
-from ..release.manifest import DIGEST, IMAGE_REF, ImageFacts, Release, split_ref
+from ..release.manifest import DIGEST, IMAGE_REF, ImageFacts, Release
+from ..sources import ImageSource, open_source
 from ..store.releases import COMMIT, IMAGE, LAYER, OUTCOMES, PROVIDER, ReleaseStore
 from ..store.state import SENDING, Message
 from . import Call, Role, read_control
@@ -53,24 +54,30 @@ class Earth(Role):
         self.node, self.sender, self.meter = node, sender, meter
         self.store = ReleaseStore(node.state)
         self.repo = node.home.config_repo
-        self.docker_host = node.home.earth.docker
+        self._source: ImageSource | None = None
         self.platform = node.home.earth.terraform_platform
 
     def handlers(self) -> dict[str, Handler]:
         return {**super().handlers(), "sync": Call(self.on_sync),
                 "report": Call(self.on_report), "image-request": Call(self.on_image_request)}
 
+    @property
+    def source(self) -> ImageSource:
+        """Where images come from (sources/), opened when first needed: a release of
+        Terraform and config alone needs no Docker daemon nor registry at Earth."""
+        if self._source is None:
+            self._source = open_source(self.node.home)
+        return self._source
+
     # publishing
-    def current(self) -> tuple[Release, ReleaseConfig, Engine | None]:
-        """The release at the head of the config repo, its images resolved in Docker."""
+    def current(self) -> Release:
+        """The release at the head of the config repo, its images resolved at the source."""
         commit = git.head(self.repo)
         cfg = parse_release_config(git.show(self.repo, commit, "outpost.toml"),
                                    f"outpost.toml at {commit[:12]}")
         providers = self._providers(commit, cfg)
-        # A release of Terraform and config alone needs no Docker daemon at Earth.
-        client = docker_engine(self.docker_host) if cfg.images else None
-        images = [image_facts(client, ref) for ref in cfg.images] if client else []
-        return Release(commit, images, providers), cfg, client
+        images = [self.source.facts(ref) for ref in cfg.images]
+        return Release(commit, images, providers)
 
     def _providers(self, commit: str, cfg: ReleaseConfig) -> list[Provider]:
         """The providers the release's lock file pins, for the outposts' platform."""
@@ -91,17 +98,17 @@ class Earth(Role):
         name, group or channel) at once; otherwise as a rollout through the channels: the
         first channel's outposts now, each next channel's once the one before applied it
         (on_report). Each outpost gets only what it lacks."""
-        release, _cfg, client = self.current()
+        release = self.current()
         if peers or groups or channels:
             targets = self.node.home.fleet.select(self.node.peers(), names=peers or (),
                                                   groups=groups, channels=channels)
-            return [self._publish_to(peer, release, client, via_link) for peer in targets]
+            return [self._publish_to(peer, release, via_link) for peer in targets]
         stages = self.node.home.fleet.stages(self.node.peers())
         self.store.start_rollout(release.commit, release.to_meta(), self.node.clock())
         if sum(bool(members) for _c, members in stages) > 1:
             log.info("rollout of %s: %s", release.id, "; then ".join(
                 f"{channel} ({len(members)})" for channel, members in stages if members))
-        sent = [self._publish_to(peer, release, client, via_link) for peer in stages[0][1]]
+        sent = [self._publish_to(peer, release, via_link) for peer in stages[0][1]]
         return sent + self._advance_rollout(release.commit)
 
     def _advance_rollout(self, commit: str | None) -> list[Sent]:
@@ -126,38 +133,42 @@ class Earth(Role):
             if step.send:
                 log.info("rollout of %s moves on to %s: %s", release.id,
                          stages[step.stage][0], ", ".join(step.send))
-                client = docker_engine(self.docker_host) if release.images else None
-                sent += [self._publish_to(p, release, client, True) for p in step.send]
+                sent += [self._publish_to(p, release, True) for p in step.send]
             if step.state == DONE:
                 break
         return sent
 
-    def release_for(self, peer: str) -> tuple[Release | None, Engine | None]:
+    def release_for(self, peer: str) -> Release | None:
         """The release `peer` should run: with one channel, the head of the config repo;
         with several, the newest release a rollout brought as far as the peer's channel
         (None: none yet)."""
         fleet = self.node.home.fleet
         if len(fleet.channels) == 1:
-            release, _cfg, client = self.current()
-            return release, client
+            return self.current()
         row = self.store.reached(fleet, peer)
-        if row is None:
-            return None, None
-        release = Release.from_meta(row["release"])
-        return release, docker_engine(self.docker_host) if release.images else None
+        return None if row is None else Release.from_meta(row["release"])
 
-    def _publish_to(self, peer: str, release: Release, client: Engine | None,
-                    via_link: bool) -> Sent:
+    def _publish_to(self, peer: str, release: Release, via_link: bool) -> Sent:
         """One publisher at a time per home (the node answering a sync, `outpost-node
-        publish`): what one is still packing is in custody, hence pending, for the next.
-        The outbox is written after the lock is let go."""
+        publish`): what one is still packing is in custody, hence pending, for the next,
+        and no other trims the layer cache while it reads. The outbox is written after the
+        lock is let go."""
         with self.sender.deferring_fill(), waiting_lock(
                 self.node.home.path / "publish.lock",
                 lambda: log.info("another publish is at work; waiting for it")):
-            return self._publish_locked(peer, release, client, via_link)
+            try:
+                return self._publish_locked(peer, release, via_link)
+            finally:
+                if self._source is not None:
+                    self._trim(self._source)
 
-    def _publish_locked(self, peer: str, release: Release, client: Engine | None,
-                        via_link: bool) -> Sent:
+    def _trim(self, source: ImageSource) -> None:
+        freed = source.cache.trim()
+        if freed:
+            log.info("layer cache over its bound (%s): %d bytes of the least recently used "
+                     "layers dropped", self.node.home.earth.layer_cache, freed)
+
+    def _publish_locked(self, peer: str, release: Release, via_link: bool) -> Sent:
         sent = Sent(peer)
         pending = self.pending(peer)
         base = self.store.commit_of(peer)
@@ -167,9 +178,8 @@ class Earth(Role):
         images = self.store.holding(peer, IMAGE) | pending[IMAGE]
         for facts in release.images:
             if facts.image_id not in images:
-                assert client is not None  # current() gives one whenever there are images
-                sent.messages.append(self._send_image(peer, facts, client, layers,
-                                                      release.commit, via_link))
+                sent.messages.append(self._send_image(peer, facts, layers, release.commit,
+                                                      via_link))
                 images.add(facts.image_id)
         providers = self.store.holding(peer, PROVIDER) | pending[PROVIDER]
         for provider in release.providers:
@@ -206,17 +216,16 @@ class Earth(Role):
             return standard_mirrors()
         return [self.node.home.path / m for m in mirrors.split(":") if m]
 
-    def _send_image(self, peer: str, facts: ImageFacts, client: Engine, layers: set[str],
+    def _send_image(self, peer: str, facts: ImageFacts, layers: set[str],
                     release: str | None, via_link: bool = True,
                     full: AbstractSet[str] = frozenset()) -> dict[str, Any]:
         """An image bundle with the layers not in `layers` (which then holds them all),
         each as a delta against its earlier version where the outpost holds that (except
         the layers in `full`)."""
         wanted = [d for d in dict.fromkeys(facts.diff_ids) if d not in layers]
-        base_image, bases = self._delta_bases(peer, facts, client, full)
+        earlier, bases = self._delta_bases(peer, facts, full)
         msg = self.sender.submit(
-            peer, "image", fill=self._image_fill(peer, client, facts, set(layers), bases,
-                                                 base_image),
+            peer, "image", fill=self._image_fill(peer, facts, set(layers), bases, earlier),
             meta={"release": release}, priority=BULK, via_link=via_link,
             custody={"holds": {LAYER: wanted, IMAGE: [facts.image_id]}, "release": release})
         layers |= set(facts.diff_ids)
@@ -224,29 +233,19 @@ class Earth(Role):
         return _describe(msg, f"{facts.ref}: {len(wanted)} of {len(facts.diff_ids)} "
                               f"layers{deltas}")
 
-    def _delta_bases(self, peer: str, facts: ImageFacts, client: Engine,
-                     full: AbstractSet[str]) -> tuple[str | None, dict[str, str]]:
-        """The newest image of the same name the outpost holds (as Earth's Docker still has
+    def _delta_bases(self, peer: str, facts: ImageFacts, full: AbstractSet[str]
+                     ) -> tuple[ImageFacts | None, dict[str, str]]:
+        """The newest image of the same name the outpost holds (as the source still knows
         it), and which of its layers each new layer is sent against. Only layers the outpost
         acknowledged count as bases: one still on its way might come after the delta."""
-        name = split_ref(facts.ref)[1]
-        earlier: dict[str, Any] | None = None
-        for image_id in self.store.holding(peer, IMAGE) - {facts.image_id}:
-            try:
-                attrs = client.inspect_image(image_id)
-            except (ConfigError, DockerError):
-                continue  # no longer at Earth
-            tags = attrs.get("RepoTags") or []
-            if any(split_ref(t)[1] == name for t in tags) and (
-                    earlier is None or str(attrs.get("Created")) > str(earlier.get("Created"))):
-                earlier = attrs
+        earlier = self.source.earlier(facts, self.store.holding(peer, IMAGE))
         if earlier is None:
             return None, {}
-        old = list(earlier.get("RootFS", {}).get("Layers", []))
-        bases = pick_bases(facts.diff_ids, old, self.store.holding(peer, LAYER), full)
+        bases = pick_bases(facts.diff_ids, earlier.diff_ids, self.store.holding(peer, LAYER),
+                           full)
         log.info("%s to %s: %d layer(s) as deltas against %s", facts.ref, peer, len(bases),
-                 ", ".join(earlier.get("RepoTags") or [str(earlier["Id"])[:19]]))
-        return str(earlier["Id"]), bases
+                 earlier.ref)
+        return earlier, bases
 
     def _send_config(self, peer: str, release: Release, base: str | None,
                      via_link: bool) -> dict[str, Any]:
@@ -264,11 +263,16 @@ class Earth(Role):
                                                 "release": release.commit})
         return _describe(msg, f"release {release.id} (config from {(base or 'the start')[:12]})")
 
-    def _image_fill(self, peer: str, client: Engine, facts: Any, held: set[str],
-                    bases: dict[str, str], base_image: str | None) -> Any:
+    def _image_fill(self, peer: str, facts: ImageFacts, held: set[str],
+                    bases: dict[str, str], earlier: ImageFacts | None) -> Fill:
         def fill(w: PartWriter) -> dict[str, Any]:
-            return write_image(client, facts, held, w, self.node.home.spool, bases,
-                               base_image, prefixed(self.meter, f"{peer}: ")).to_meta()
+            meter = prefixed(self.meter, f"{peer}: ")
+            source = self.source
+            files = source.files(facts, set(facts.diff_ids) - held, meter)
+            base_files = source.files(earlier, set(bases.values()), meter) \
+                if earlier is not None and bases else {}
+            return write_image(facts, files, held, w, bases=bases, base_files=base_files,
+                               store=source.cache, meter=meter).to_meta()
         return fill
 
     def pending(self, peer: str) -> dict[str, set[str]]:
@@ -296,33 +300,32 @@ class Earth(Role):
                                     providers, as_of=header.created)
         log.info("%s reports config %s, %d layers, %d images; answering its sync",
                  header.src, (commit or "none")[:12], len(layers), len(images))
-        release, client = self.release_for(header.src)
+        release = self.release_for(header.src)
         if release is None:
             log.info("%s is in channel %s, which no rollout reached yet", header.src,
                      self.node.home.fleet.channel_of(header.src))
-        elif not self._publish_to(header.src, release, client, True).messages:
+        elif not self._publish_to(header.src, release, True).messages:
             log.info("%s is up to date", header.src)
 
     def on_image_request(self, header: Header, path: Path) -> None:
         """An outpost's apply found images missing: send them (only the layers it lacks),
         or say that Earth does not have them either."""
         refs, layers, release, full = _image_request(read_control(self.node, header, path))
-        client = docker_engine(self.docker_host)
         sent, unavailable = [], []
         held = set(layers)
         for ref in refs:
             try:
-                facts = image_facts(client, ref)
+                facts = self.source.facts(ref)
             except ConfigError:
                 unavailable.append(ref)
                 continue
-            self._send_image(header.src, facts, client, held, release, full=full)
+            self._send_image(header.src, facts, held, release, full=full)
             sent.append(ref)
         if unavailable:
             self.sender.submit(header.src, "image-unavailable", None, priority=EXPEDITED,
                                reply_to=header.id,
                                meta={"refs": unavailable, "release": release,
-                                     "reason": "not in Earth's Docker daemon either"})
+                                     "reason": f"not in the {self.source.where} either"})
         self.store.add_report(header.src, "image-request", release,
                               {"refs": refs, "sent": sent, "unavailable": unavailable},
                               self.node.clock())

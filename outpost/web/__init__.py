@@ -19,7 +19,6 @@ kept in HOME/http.token.
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import threading
 from http.server import ThreadingHTTPServer
@@ -28,6 +27,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..fsutil import atomic_write_bytes
 from ..home import Home
+from ..units import is_loopback
 from .app import Handler
 
 DEFAULT_ADDRESS = "127.0.0.1:0"  # port 0: a free one, written to HOME/http.url
@@ -77,18 +77,9 @@ def listen_address(text: str) -> tuple[str, int]:
 
 def _token_for(home: Home, host: str) -> str | None:
     """No token on loopback; elsewhere the home's token, made once."""
-    if _loopback(host):
+    if is_loopback(host):
         return None
     path: Path = home.path / "http.token"
     if not path.exists():
         atomic_write_bytes(path, (secrets.token_urlsafe(24) + "\n").encode(), mode=0o600)
     return path.read_text().strip()
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

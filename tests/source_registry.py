@@ -1,0 +1,78 @@
+"""A distribution registry that wants a password: Earth's image source in the tests and the
+fleet bench (docker-registry with htpasswd auth, on a free loopback port)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+CONFIG = """\
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {storage}
+http:
+  addr: {address}
+auth:
+  htpasswd:
+    realm: outpost-source
+    path: {htpasswd}
+"""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bcrypt_hash(password: str) -> str:
+    """The bcrypt hash htpasswd files hold (distribution takes only bcrypt), from the C
+    library's crypt(3)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+    return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+
+
+@contextlib.contextmanager
+def auth_registry(folder: Path, user: str, password: str) -> Iterator[str]:
+    """A registry that answers only `user`:`password` (its address), stopped afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "htpasswd").write_text(f"{user}:{bcrypt_hash(password)}\n")
+    address = f"127.0.0.1:{free_port()}"
+    config = folder / "registry.yml"
+    config.write_text(CONFIG.format(storage=folder / "storage", address=address,
+                                    htpasswd=folder / "htpasswd"))
+    with open(folder / "registry.log", "wb") as log:
+        proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        _wait_up(address, proc, folder / "registry.log")
+        yield address
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _wait_up(address: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://{address}/v2/", timeout=1)
+        except urllib.error.HTTPError as e:
+            if e.code == 401:  # up, and asking for the password
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"docker-registry did not come up on {address}: {log.read_text()[-500:]}")
