@@ -35,6 +35,8 @@ from .header import (
     decode_header,
     encode_header,
     new_id,
+    new_shared_id,
+    recipients,
     validate_fragment,
 )
 from .wire import (
@@ -75,6 +77,7 @@ __all__ = [
     "inspect",
     "iter_payload",
     "new_id",
+    "new_shared_id",
     "open_verified",
     "pack_bytes",
     "pack_file",
@@ -83,6 +86,7 @@ __all__ = [
     "public_key",
     "read_head",
     "read_payload",
+    "recipients",
     "source_fill",
     "spooled_start",
     "validate_fragment",

@@ -89,6 +89,19 @@ def new_id() -> str:
     return secrets.token_hex(16)
 
 
+SHARED = "m"  # the first character of a shared bundle's id (new_id's are hex)
+
+
+def new_shared_id() -> str:
+    """The id of a bundle addressed to several peers at once (`dst` lists them)."""
+    return SHARED + secrets.token_hex(16)[1:]
+
+
+def recipients(dst: str) -> list[str]:
+    """The peers a bundle is for: its `dst`, one name or several separated by commas."""
+    return dst.split(",")
+
+
 def to_wire(h: Header) -> dict[str, Any]:
     frag = None
     if h.fragment is not None:
@@ -225,7 +238,7 @@ def validate(h: Header, limits: Limits) -> None:
         raise bad(f"bad reply_to {h.reply_to!r}")
     if not _KIND.match(h.kind):
         raise bad(f"bad kind {h.kind!r}")
-    for name in (h.src, h.dst):
+    for name in (h.src, *recipients(h.dst)):
         if not valid_node_name(name):
             raise bad(f"bad node name {name!r}")
     if h.priority not in PRIORITY_NAMES:

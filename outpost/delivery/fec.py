@@ -16,6 +16,8 @@ bounded by `MAX_GROUP_BYTES`, never a whole message).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from math import comb
@@ -64,6 +66,11 @@ class Layout:
     def to_meta(self) -> dict[str, object]:
         return {"block": self.block, "copies": self.copies,
                 "groups": [[g.first, g.start, g.k, g.m] for g in self.groups]}
+
+    def tag(self) -> str:
+        """A short name of this layout: units of equal layouts are the same bytes."""
+        text = json.dumps(self.to_meta(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @classmethod
     def from_meta(cls, meta: object) -> Layout | None:

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from ..codec import Header, open_verified, read_payload, validate_fragment
+from ..codec import Header, open_verified, read_payload, recipients, validate_fragment
 from ..delivery import AckBatcher, fec
 from ..errors import (
     BundleError,
@@ -110,7 +110,7 @@ class Receiver:
     def _open(self, path: Path) -> Header:
         with open_regular(path) as f:
             header = open_verified(f, self.node.state.keyring(), self.node.limits)
-        if header.dst != self.node.name:
+        if self.node.name not in recipients(header.dst):
             raise MisaddressedBundle(f"bundle for {header.dst!r}, this node is "
                                      f"{self.node.name!r}")
         self.node.observe_clock(header.src, header.created)

@@ -20,6 +20,7 @@ from ..codec import (
     fragment_at,
     fragment_count,
     new_id,
+    new_shared_id,
     pack_bytes,
     pack_spooled,
     read_head,
@@ -28,6 +29,7 @@ from ..codec import (
     write_fragment,
 )
 from ..codec.files import Fill, Progress
+from ..codec.header import SHARED
 from ..delivery import fec, peer_alive, resend_now, retry_delay, too_big
 from ..errors import ConfigError
 from ..fsutil import atomic_write_bytes, atomic_writer
@@ -52,6 +54,7 @@ ACK_LIFETIME = 86400.0
 MAX_ROUNDS = 3  # times a whole message is sent again because the peer lost it
 WRITING = ".writing"  # a unit's hidden name while it is written, before its claim
 WRITE_GRACE = 60.0  # a hidden file untouched this long was left by a writer that died
+CLAIM_BATCH = 512  # units written before they are claimed in one transaction
 
 
 class Sender:
@@ -82,29 +85,52 @@ class Sender:
         header's meta). `custody` is kept with the message for the role's own use when it
         is acknowledged; `via_link=False` keeps it out of the outbox (carried by hand).
         """
-        if peer not in self.node.state.keyring():
-            raise ConfigError(f"{peer!r} is not a trusted peer; run `outpost-node trust` first")
+        return self.submit_to([peer], kind, source, fill=fill, meta=meta, priority=priority,
+                              lifetime=lifetime, codec=codec, reply_to=reply_to,
+                              progress=progress, custody=custody, via_link=via_link)[0]
+
+    def submit_to(self, peers: list[str], kind: str, source: BinaryIO | None = None, *,
+                  fill: Fill | None = None, meta: dict[str, Any] | None = None,
+                  priority: int = NORMAL, lifetime: float | None = None,
+                  codec: str = "zstd", reply_to: str | None = None,
+                  progress: Progress | None = None, custody: dict[str, Any] | None = None,
+                  via_link: bool = True) -> list[Message]:
+        """`submit` to several peers at once: one bundle addressed to all of them (a shared
+        id, `dst` listing them), packed and kept once; each peer's custody of it is its
+        own (its units, timers and acks), and the files the link carries are written once
+        and hard-linked into each peer's outbox (docs/architecture.md, "Shared bundles")."""
+        trusted = self.node.state.keyring()
+        for peer in peers:
+            if peer not in trusted:
+                raise ConfigError(f"{peer!r} is not a trusted peer; run `outpost-node trust` "
+                                  "first")
         s, now = self.settings, self.node.clock()
-        header = Header(id=new_id(), kind=kind, src=self.node.name, dst=peer, created=now,
+        header = Header(id=new_id() if len(peers) == 1 else new_shared_id(), kind=kind,
+                        src=self.node.name, dst=",".join(peers), created=now,
                         expires=now + (lifetime or s.lifetime), priority=priority,
                         reply_to=reply_to, meta=meta or {})
-        path = self.node.home.spool / "custody" / f"{header.id}.opb"
+        path = self.node.home.custody / f"{header.id}.opb"
         header, start = pack_spooled(path, header, fill or source_fill(source), self.node.seed,
                                      codec=codec, level=s.zstd_level, progress=progress,
                                      max_header=s.max_header)
         size = path.stat().st_size - start
-        layout = self._plan(peer, size) if via_link else None
-        msg, units = custody_message(header, path, s.fragment_size, custody, layout, start)
-        if not via_link:
-            units = [replace(u, state=CARRIED) for u in units]
-        self.node.state.add_message(msg, units)
-        log.info("queued %s %s for %s: %d bytes in %d unit(s)", kind, header.id, peer, msg.size,
-                 msg.units, extra=about(header.id, kind, peer))
-        if self._deferred is None:
-            self.fill(peer)
-        else:
-            self._deferred.add(peer)
-        return msg
+        msgs = []
+        for peer in peers:
+            layout = self._plan(peer, size) if via_link else None
+            msg, units = custody_message(header, path, s.fragment_size, custody, layout, start,
+                                         peer=peer)
+            if not via_link:
+                units = [replace(u, state=CARRIED) for u in units]
+            self.node.state.add_message(msg, units)
+            msgs.append(msg)
+        log.info("queued %s %s for %s: %d bytes in %d unit(s)", kind, header.id,
+                 peers_text(peers), size, msgs[0].units, extra=about(header.id, kind, peers[0]))
+        for peer in peers:
+            if self._deferred is None:
+                self.fill(peer)
+            else:
+                self._deferred.add(peer)
+        return msgs
 
     def _plan(self, peer: str, size: int) -> fec.Layout | None:
         """Repairs for a message of `size` bytes, as many as the link's loss calls for."""
@@ -136,53 +162,104 @@ class Sender:
             yield
         finally:
             peers, self._deferred = self._deferred, None
-        for peer in sorted(peers):
-            self.fill(peer)
+        self.fill_all(sorted(peers))
 
     def fill(self, peer: str) -> None:
         """Move waiting units into the outbox while it holds less than the window."""
+        self.fill_all([peer])
+
+    def fill_all(self, peers: list[str]) -> None:
+        """`fill` each of `peers`, claiming what was written in few transactions (a shared
+        bundle's units for a hundred outboxes are a few thousand)."""
+        written: list[tuple[Unit, Path, str]] = []
+        for peer in peers:
+            for item in self._window(peer):
+                written.append(item)
+                if len(written) >= CLAIM_BATCH:
+                    self._claim(written)
+                    written = []
+        self._claim(written)
+
+    def _window(self, peer: str) -> Iterator[tuple[Unit, Path, str]]:
+        """Write the waiting units of `peer` that fit in its outbox window, hidden."""
         queued = self.node.state.queued_bytes(peer)
+        self.node.home.outbox(peer).mkdir(parents=True, exist_ok=True)
+        messages: dict[str, Message | None] = {}
         for unit in self.node.state.units(peer, NEW):
             if queued and queued + unit.size > self.settings.outbox_window:
                 break
-            self._materialise(unit)
+            if unit.msg not in messages:
+                messages[unit.msg] = self.node.state.message(unit.msg)
+            msg = messages[unit.msg]
+            hidden = self._materialise(unit, msg)
+            if msg is not None and hidden is not None:
+                yield unit, hidden, msg.kind
+            elif msg is not None:
+                messages[unit.msg] = self.node.state.message(unit.msg)  # failed just now
             queued += unit.size
 
-    def _materialise(self, unit: Unit) -> None:
-        """Write the unit under a hidden name, claim it, then give it its outbox name.
+    def _materialise(self, unit: Unit, msg: Message | None) -> Path | None:
+        """Write the unit under a hidden name (`_claim` then claims it and gives it its
+        outbox name).
 
         Written first, claimed second: while the hidden file is there, the unit is being
         written, not taken by the link (scan_taken), even by another process. A crash after
         the claim leaves a hidden file that goes stale: the unit then counts as taken and
         lost, and the retry timer repairs it."""
-        msg = self.node.state.message(unit.msg)
         if msg is None or msg.state != SENDING:
-            return
-        dest = self.node.home.outbox(unit.peer) / unit.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        hidden = dest.with_name(f".{dest.name}.{os.getpid()}{WRITING}")
-        custody = Path(msg.path)
+            return None
+        hidden = self.node.home.outbox(unit.peer) / f".{unit.name}.{os.getpid()}{WRITING}"
         try:
-            if unit.idx < 0:
-                with open(custody, "rb") as src, atomic_writer(hidden) as out:
-                    src.seek(custody_start(msg))
-                    shutil.copyfileobj(src, out, 1024 * 1024)
-            elif self._extra(msg, unit):
-                self._write_repair(hidden, msg, unit)
+            if is_shared(msg.id):
+                os.link(self._shared_unit(msg, unit), hidden)
+                os.utime(hidden)  # a link keeps the file's old time: not a stale write
             else:
-                frag = fragment_at(self._head(msg), unit.idx, max(msg.units, unit.idx + 1),
-                                   unit.offset, unit.size, msg.size)
-                write_fragment(hidden, custody, frag, self.node.seed, custody_start(msg))
+                self._write_unit(hidden, msg, unit)
         except FileNotFoundError:
-            self.fail(msg, f"its custody copy {custody} is gone")
-            return
-        if not self.node.state.claim(unit.id):
-            hidden.unlink(missing_ok=True)  # another process took it first
-            return
-        os.replace(hidden, dest)
-        if unit.attempts:
-            log.info("resending %s to %s (attempt %d)", unit.id, unit.peer, unit.attempts + 1,
-                     extra=about(unit.id, msg.kind, unit.peer))
+            self.fail(msg, f"its custody copy {msg.path} is gone")
+            return None
+        return hidden
+
+    def _claim(self, written: list[tuple[Unit, Path, str]]) -> None:
+        """Claim the units written, in one transaction, and name their files for the link;
+        one another process claimed first is dropped."""
+        claimed = self.node.state.claim([u.id for u, _h, _k in written]) if written else set()
+        for unit, hidden, kind in written:
+            if unit.id not in claimed:
+                hidden.unlink(missing_ok=True)
+                continue
+            os.replace(hidden, self.node.home.outbox(unit.peer) / unit.name)
+            if unit.attempts:
+                log.info("resending %s to %s (attempt %d)", unit.id, unit.peer,
+                         unit.attempts + 1, extra=about(unit.id, kind, unit.peer))
+
+    def _write_unit(self, dest: Path, msg: Message, unit: Unit) -> None:
+        """The file of `unit` (the whole bundle, a repair or a fragment), atomically."""
+        custody = Path(msg.path)
+        if unit.idx < 0:
+            with open(custody, "rb") as src, atomic_writer(dest) as out:
+                src.seek(custody_start(msg))
+                shutil.copyfileobj(src, out, 1024 * 1024)
+        elif self._extra(msg, unit):
+            self._write_repair(dest, msg, unit)
+        else:
+            frag = fragment_at(self._head(msg), unit.idx, max(msg.units, unit.idx + 1),
+                               unit.offset, unit.size, msg.size)
+            write_fragment(dest, custody, frag, self.node.seed, custody_start(msg))
+
+    def _shared_unit(self, msg: Message, unit: Unit) -> Path:
+        """The file of a shared bundle's unit, written the first time a peer's custody needs
+        it and kept beside the custody copy for the others (the same unit of the same
+        layout is the same bytes for every peer: signatures are deterministic)."""
+        layout = self.layout(msg)
+        tag = "whole" if unit.idx < 0 else (
+            f"{unit.idx}-{max(msg.units, unit.idx + 1)}-{unit.offset}-{unit.size}-"
+            f"{'plain' if layout is None else layout.tag()}")
+        path = shared_units(msg) / f"{tag}.opb"
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            self._write_unit(path, msg, unit)
+        return path
 
     def _write_repair(self, dest: Path, msg: Message, unit: Unit) -> None:
         """Write repair fragment `unit`, encoding its group once for all its repairs."""
@@ -381,7 +458,10 @@ class Sender:
                 (self.node.home.outbox(msg.peer) / unit.name).unlink(missing_ok=True)
         self.node.state.set_message_state(msg.id, state, why)
         self.node.state.drop_units(msg.id)
-        Path(msg.path).unlink(missing_ok=True)
+        if not is_shared(msg.id) or not self.node.state.custody_holders(msg.path):
+            Path(msg.path).unlink(missing_ok=True)
+            if is_shared(msg.id):
+                shutil.rmtree(shared_units(msg), ignore_errors=True)
         self._heads.pop(msg.id, None)
         self._layouts.pop(msg.id, None)
 
@@ -395,6 +475,7 @@ class Sender:
         id is acked once the peer rebuilt and delivered it). Until then its custody copy
         stays, so a reassembly the peer loses is sent again."""
         now = self.node.clock()
+        ids, lost, recovered = ([custody_id(peer, i) for i in x] for x in (ids, lost, recovered))
         units = [u for u in self._units_acked_by(ids) if u.peer == peer and u.state != ACKED]
         # Karn's rule: only a bundle sent once gives an unambiguous round trip.
         self._observe(peer, now, [now - u.taken_at - self._serialisation(u.size) for u in units
@@ -547,6 +628,29 @@ def remove_stale_writes(outbox: Path) -> None:
                 pass
 
 
+def peers_text(peers: list[str]) -> str:
+    """Peers for a person: "mars", or "mars and 99 more"."""
+    return peers[0] if len(peers) == 1 else f"{peers[0]} and {len(peers) - 1} more"
+
+
+def is_shared(msg_id: str) -> bool:
+    return msg_id.startswith(SHARED)
+
+
+def custody_id(peer: str, wire_id: str) -> str:
+    """The id under which this node keeps a bundle (or unit: `ID.N`) it sends to `peer`:
+    its own id, but for a shared bundle, kept in custody once per peer, `ID@PEER[.N]`."""
+    if not is_shared(wire_id):
+        return wire_id
+    head, dot, rest = wire_id.partition(".")
+    return f"{head}@{peer}{dot}{rest}"
+
+
+def shared_units(msg: Message) -> Path:
+    """Where a shared bundle's unit files wait to be linked into its peers' outboxes."""
+    return Path(msg.path).with_suffix(".units")
+
+
 def custody_start(msg: Message) -> int:
     """Where the message's bundle starts in its custody file (pack_spooled's room)."""
     return int(msg.meta.get("start", 0))
@@ -555,23 +659,26 @@ def custody_start(msg: Message) -> int:
 def custody_message(header: Header, path: Path, frag_size: int,
                     custody: dict[str, Any] | None = None,
                     layout: fec.Layout | None = None,
-                    start: int = 0) -> tuple[Message, list[Unit]]:
-    """The custody record of the bundle `header` packed at `start` in `path`, and the units
-    it crosses as (a whole bundle, or fragments of `frag_size`; with an FEC `layout`, its
-    blocks and repairs, or copies of the whole), all waiting to go."""
+                    start: int = 0, peer: str | None = None) -> tuple[Message, list[Unit]]:
+    """The custody record of the bundle `header` packed at `start` in `path` (for `peer`,
+    one of a shared bundle's), and the units it crosses as (a whole bundle, or fragments
+    of `frag_size`; with an FEC `layout`, its blocks and repairs, or copies of the whole),
+    all waiting to go."""
     size = path.stat().st_size - start
     meta: dict[str, Any] = {"fragment_size": frag_size, "start": start, **(custody or {})}
     if layout is not None:
         meta["fec"] = layout.to_meta()
-    msg = Message(id=header.id, peer=header.dst, kind=header.kind, path=str(path), size=size,
-                  priority=header.priority, created=header.created, expires=header.expires,
-                  units=fragment_count(size, frag_size), state=SENDING, meta=meta)
+    peer = peer or header.dst
+    msg = Message(id=custody_id(peer, header.id), peer=peer, kind=header.kind, path=str(path),
+                  size=size, priority=header.priority, created=header.created,
+                  expires=header.expires, units=fragment_count(size, frag_size), state=SENDING,
+                  meta=meta)
     r = rank(msg.priority)
 
     def unit(idx: int, offset: int, length: int) -> Unit:
-        uid = f"{msg.id}.{idx}"
-        return Unit(uid, msg.id, idx, msg.peer, length, NEW,
-                    outbox_name(r, msg.created, uid, idx), 0, None, None, offset)
+        return Unit(f"{msg.id}.{idx}", msg.id, idx, msg.peer, length, NEW,
+                    outbox_name(r, msg.created, f"{header.id}.{idx}", idx), 0, None, None,
+                    offset)
 
     if layout is not None and layout.groups:
         units = []
@@ -584,10 +691,10 @@ def custody_message(header: Header, path: Path, frag_size: int,
     if msg.units == 1 or layout is not None:
         copies = 0 if layout is None else layout.copies
         whole = Unit(msg.id, msg.id, -1, msg.peer, msg.size, NEW,
-                     outbox_name(r, msg.created, msg.id), 0, None, None)
+                     outbox_name(r, msg.created, header.id), 0, None, None)
         return replace(msg, units=1 + copies), [whole] + [
             replace(whole, id=f"{msg.id}.copy{n}", idx=-2 - n,
-                    name=outbox_name(r, msg.created, f"{msg.id}.copy{n}"))
+                    name=outbox_name(r, msg.created, f"{header.id}.copy{n}"))
             for n in range(copies)]
     return msg, [unit(i, i * frag_size, min(frag_size, msg.size - i * frag_size))
                  for i in range(msg.units)]

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..codec import Limits, open_verified, public_key, spooled_start
+from ..codec import Limits, open_verified, public_key, recipients, spooled_start
 from ..errors import BundleError, ConfigError
 from ..fsutil import atomic_write_bytes, open_regular
 from ..home import (
@@ -205,11 +205,13 @@ def _restore_custody(home: Home, state: State, now: float) -> tuple[list[str], l
         except (BundleError, OSError) as e:
             skipped.append(f"{path.name}: {e}")
             continue
-        if header.dst not in peers or header.expires <= now:
+        known = [p for p in recipients(header.dst) if p in peers]
+        if not known or header.expires <= now:
             skipped.append(f"{path.name}: " + ("expired" if header.expires <= now else
                                                f"for {header.dst}, not a known peer"))
             continue
-        state.add_message(*custody_message(header, path, size, {"repaired": True},
-                                           start=start))
+        for peer in known:
+            state.add_message(*custody_message(header, path, size, {"repaired": True},
+                                               start=start, peer=peer))
         restored.append(header.id)
     return restored, skipped

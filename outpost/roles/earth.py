@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,7 @@ from ..images.delta import pick_bases
 from ..images.pack import write_image
 from ..node.context import Node, log
 from ..node.handlers import Handler
-from ..node.sender import Sender, custody_start
+from ..node.sender import Sender, custody_start, peers_text
 from ..progress import Meter, prefixed, silent
 from ..providers.lockfile import parse_lock
 from ..providers.mirror import find_package, standard_mirrors, write_package
@@ -35,6 +35,19 @@ from . import Call, Role, read_control
 
 WARNING_EVENTS = ("release-refused", "image-refused", "provider-refused", "image-incomplete",
                   "rolled-back", "failed")
+
+
+MAX_SHARED = 200  # peers one shared bundle names (its header lists them all)
+
+
+@dataclass(frozen=True)
+class Need:
+    """A message a publish sends: the same (`key`) for every outpost that lacks the same
+    thing; `send` packs it once for the outposts named and takes it into their custody."""
+
+    key: tuple[Any, ...]
+    what: str
+    send: Callable[[list[str]], list[Message]]
 
 
 @dataclass
@@ -102,13 +115,13 @@ class Earth(Role):
         if peers or groups or channels:
             targets = self.node.home.fleet.select(self.node.peers(), names=peers or (),
                                                   groups=groups, channels=channels)
-            return [self._publish_to(peer, release, via_link) for peer in targets]
+            return self._publish_all(targets, release, via_link)
         stages = self.node.home.fleet.stages(self.node.peers())
         self.store.start_rollout(release.commit, release.to_meta(), self.node.clock())
         if sum(bool(members) for _c, members in stages) > 1:
             log.info("rollout of %s: %s", release.id, "; then ".join(
                 f"{channel} ({len(members)})" for channel, members in stages if members))
-        sent = [self._publish_to(peer, release, via_link) for peer in stages[0][1]]
+        sent = self._publish_all(stages[0][1], release, via_link)
         return sent + self._advance_rollout(release.commit)
 
     def _advance_rollout(self, commit: str | None) -> list[Sent]:
@@ -133,7 +146,7 @@ class Earth(Role):
             if step.send:
                 log.info("rollout of %s moves on to %s: %s", release.id,
                          stages[step.stage][0], ", ".join(step.send))
-                sent += [self._publish_to(p, release, True) for p in step.send]
+                sent += self._publish_all(step.send, release, True)
             if step.state == DONE:
                 break
         return sent
@@ -149,15 +162,19 @@ class Earth(Role):
         return None if row is None else Release.from_meta(row["release"])
 
     def _publish_to(self, peer: str, release: Release, via_link: bool) -> Sent:
-        """One publisher at a time per home (the node answering a sync, `outpost-node
-        publish`): what one is still packing is in custody, hence pending, for the next,
-        and no other trims the layer cache while it reads. The outbox is written after the
-        lock is let go."""
+        return self._publish_all([peer], release, via_link)[0]
+
+    def _publish_all(self, peers: list[str], release: Release, via_link: bool) -> list[Sent]:
+        """Send each of `peers` what it lacks of `release`; what several lack alike goes as
+        one shared bundle (packed once, Sender.submit_to). One publisher at a time per home
+        (the node answering a sync, `outpost-node publish`): what one is still packing is
+        in custody, hence pending, for the next, and no other trims the layer cache while
+        it reads. The outboxes are written after the lock is let go."""
         with self.sender.deferring_fill(), waiting_lock(
                 self.node.home.path / "publish.lock",
                 lambda: log.info("another publish is at work; waiting for it")):
             try:
-                return self._publish_locked(peer, release, via_link)
+                return self._publish_locked(peers, release, via_link)
             finally:
                 if self._source is not None:
                     self._trim(self._source)
@@ -168,45 +185,60 @@ class Earth(Role):
             log.info("layer cache over its bound (%s): %d bytes of the least recently used "
                      "layers dropped", self.node.home.earth.layer_cache, freed)
 
-    def _publish_locked(self, peer: str, release: Release, via_link: bool) -> Sent:
-        sent = Sent(peer)
-        pending = self.pending(peer)
+    def _publish_locked(self, peers: list[str], release: Release, via_link: bool
+                        ) -> list[Sent]:
+        sent = {peer: Sent(peer) for peer in peers}
+        alike: dict[tuple[Any, ...], tuple[Need, list[str]]] = {}
+        pending = self.pending_all()
+        for peer in peers:
+            for need in self._needs(peer, release, pending.get(peer, {}), via_link):
+                alike.setdefault(need.key, (need, []))[1].append(peer)
+        for need, members in alike.values():
+            for at in range(0, len(members), MAX_SHARED):
+                for msg in need.send(members[at:at + MAX_SHARED]):
+                    sent[msg.peer].messages.append(_describe(msg, need.what))
+        for peer in peers:
+            log.info("published %s to %s: %d message(s)", release.id, peer,
+                     len(sent[peer].messages))
+        return [sent[peer] for peer in peers]
+
+    def _needs(self, peer: str, release: Release, pending: dict[str, set[str]],
+               via_link: bool) -> list[Need]:
+        """The messages `peer` needs of `release`: what it neither holds nor has coming."""
+        needs = []
         base = self.store.commit_of(peer)
-        if release.commit != base and release.commit not in pending[COMMIT]:
-            sent.messages.append(self._send_config(peer, release, base, via_link))
-        layers = self.store.holding(peer, LAYER) | pending[LAYER]
-        images = self.store.holding(peer, IMAGE) | pending[IMAGE]
+        if release.commit != base and release.commit not in pending.get(COMMIT, ()):
+            needs.append(self._config_need(peer, release, base, via_link))
+        layers = self.store.holding(peer, LAYER) | pending.get(LAYER, set())
+        images = self.store.holding(peer, IMAGE) | pending.get(IMAGE, set())
         for facts in release.images:
             if facts.image_id not in images:
-                sent.messages.append(self._send_image(peer, facts, layers, release.commit,
-                                                      via_link))
+                needs.append(self._image_need(peer, facts, layers, release.commit, via_link))
                 images.add(facts.image_id)
-        providers = self.store.holding(peer, PROVIDER) | pending[PROVIDER]
-        for provider in release.providers:
-            if provider.key not in providers:
-                sent.messages.append(self._send_provider(peer, provider, release.commit,
-                                                         via_link))
-        log.info("published %s to %s: %d message(s)", release.id, peer, len(sent.messages))
-        return sent
+        providers = self.store.holding(peer, PROVIDER) | pending.get(PROVIDER, set())
+        needs += [self._provider_need(provider, release.commit, via_link)
+                  for provider in release.providers if provider.key not in providers]
+        return needs
 
-    def _send_provider(self, peer: str, provider: Provider, release: str,
-                       via_link: bool) -> dict[str, Any]:
-        mirrors = self._provider_mirrors()
-        package = find_package(mirrors, provider)
-        if package is None:
-            where = ", ".join(map(str, mirrors)) or "none found"
-            raise ConfigError(f"{provider} is not in Earth's provider mirror ({where}): fetch "
-                              f"it with `terraform providers mirror -platform={self.platform} "
-                              "DIR` where there is internet, and set [earth] terraform_mirror")
+    def _provider_need(self, provider: Provider, release: str, via_link: bool) -> Need:
+        def send(peers: list[str]) -> list[Message]:
+            mirrors = self._provider_mirrors()
+            package = find_package(mirrors, provider)
+            if package is None:
+                where = ", ".join(map(str, mirrors)) or "none found"
+                raise ConfigError(f"{provider} is not in Earth's provider mirror ({where}): "
+                                  "fetch it with `terraform providers mirror -platform="
+                                  f"{self.platform} DIR` where there is internet, and set "
+                                  "[earth] terraform_mirror")
 
-        def fill(w: PartWriter) -> dict[str, Any]:
-            return write_package(package, provider, w).to_meta()
-        msg = self.sender.submit(peer, "provider", fill=fill, meta={"release": release},
-                                 priority=BULK, via_link=via_link,
-                                 progress=self.meter(f"{peer}: packing provider {provider}"),
-                                 custody={"holds": {PROVIDER: [provider.key]},
-                                          "release": release})
-        return _describe(msg, f"provider {provider}")
+            def fill(w: PartWriter) -> dict[str, Any]:
+                return write_package(package, provider, w).to_meta()
+            return self.sender.submit_to(
+                peers, "provider", fill=fill, meta={"release": release}, priority=BULK,
+                via_link=via_link,
+                progress=self.meter(f"{peers_text(peers)}: packing provider {provider}"),
+                custody={"holds": {PROVIDER: [provider.key]}, "release": release})
+        return Need(("provider", provider.key, release), f"provider {provider}", send)
 
     def _provider_mirrors(self) -> list[Path]:
         """[earth] terraform_mirror, or Terraform's own plugin folders (looked up only when
@@ -216,22 +248,28 @@ class Earth(Role):
             return standard_mirrors()
         return [self.node.home.path / m for m in mirrors.split(":") if m]
 
-    def _send_image(self, peer: str, facts: ImageFacts, layers: set[str],
+    def _image_need(self, peer: str, facts: ImageFacts, layers: set[str],
                     release: str | None, via_link: bool = True,
-                    full: AbstractSet[str] = frozenset()) -> dict[str, Any]:
+                    full: AbstractSet[str] = frozenset()) -> Need:
         """An image bundle with the layers not in `layers` (which then holds them all),
         each as a delta against its earlier version where the outpost holds that (except
         the layers in `full`)."""
         wanted = [d for d in dict.fromkeys(facts.diff_ids) if d not in layers]
         earlier, bases = self._delta_bases(peer, facts, full)
-        msg = self.sender.submit(
-            peer, "image", fill=self._image_fill(peer, facts, set(layers), bases, earlier),
-            meta={"release": release}, priority=BULK, via_link=via_link,
-            custody={"holds": {LAYER: wanted, IMAGE: [facts.image_id]}, "release": release})
         layers |= set(facts.diff_ids)
+        held = set(facts.diff_ids) - set(wanted)
+
+        def send(peers: list[str]) -> list[Message]:
+            return self.sender.submit_to(
+                peers, "image", fill=self._image_fill(peers_text(peers), facts, held, bases,
+                                                      earlier),
+                meta={"release": release}, priority=BULK, via_link=via_link,
+                custody={"holds": {LAYER: wanted, IMAGE: [facts.image_id]},
+                         "release": release})
         deltas = f", {len(bases)} as deltas" if bases else ""
-        return _describe(msg, f"{facts.ref}: {len(wanted)} of {len(facts.diff_ids)} "
-                              f"layers{deltas}")
+        return Need(("image", facts.image_id, tuple(wanted), tuple(sorted(bases.items())),
+                     release), f"{facts.ref}: {len(wanted)} of {len(facts.diff_ids)} "
+                               f"layers{deltas}", send)
 
     def _delta_bases(self, peer: str, facts: ImageFacts, full: AbstractSet[str]
                      ) -> tuple[ImageFacts | None, dict[str, str]]:
@@ -243,30 +281,34 @@ class Earth(Role):
             return None, {}
         bases = pick_bases(facts.diff_ids, earlier.diff_ids, self.store.holding(peer, LAYER),
                            full)
-        log.info("%s to %s: %d layer(s) as deltas against %s", facts.ref, peer, len(bases),
-                 earlier.ref)
+        log.debug("%s to %s: %d layer(s) as deltas against %s", facts.ref, peer, len(bases),
+                  earlier.ref)
         return earlier, bases
 
-    def _send_config(self, peer: str, release: Release, base: str | None,
-                     via_link: bool) -> dict[str, Any]:
-        with tempfile.TemporaryDirectory(dir=self.node.home.spool) as tmp:
-            bundle = Path(tmp) / "config.bundle"
-            if base is not None and git.has_commit(self.repo, base) and not git.is_ancestor(
-                    self.repo, base, release.commit):
-                log.warning("%s holds %s, which %s does not descend from: the outpost will "
-                            "refuse this rewrite of history", peer, base[:12], release.id)
-            has = git.create_bundle(self.repo, bundle, base)
-            with open(bundle if has else os.devnull, "rb") as src:
-                msg = self.sender.submit(
-                    peer, "release", src, meta={"release": release.to_meta(), "base": base},
-                    via_link=via_link, custody={"holds": {COMMIT: [release.commit]},
-                                                "release": release.commit})
-        return _describe(msg, f"release {release.id} (config from {(base or 'the start')[:12]})")
+    def _config_need(self, peer: str, release: Release, base: str | None,
+                     via_link: bool) -> Need:
+        if base is not None and git.has_commit(self.repo, base) and not git.is_ancestor(
+                self.repo, base, release.commit):
+            log.warning("%s holds %s, which %s does not descend from: the outpost will "
+                        "refuse this rewrite of history", peer, base[:12], release.id)
 
-    def _image_fill(self, peer: str, facts: ImageFacts, held: set[str],
+        def send(peers: list[str]) -> list[Message]:
+            with tempfile.TemporaryDirectory(dir=self.node.home.spool) as tmp:
+                bundle = Path(tmp) / "config.bundle"
+                has = git.create_bundle(self.repo, bundle, base)
+                with open(bundle if has else os.devnull, "rb") as src:
+                    return self.sender.submit_to(
+                        peers, "release", src,
+                        meta={"release": release.to_meta(), "base": base}, via_link=via_link,
+                        custody={"holds": {COMMIT: [release.commit]},
+                                 "release": release.commit})
+        return Need(("release", release.commit, base),
+                    f"release {release.id} (config from {(base or 'the start')[:12]})", send)
+
+    def _image_fill(self, who: str, facts: ImageFacts, held: set[str],
                     bases: dict[str, str], earlier: ImageFacts | None) -> Fill:
         def fill(w: PartWriter) -> dict[str, Any]:
-            meter = prefixed(self.meter, f"{peer}: ")
+            meter = prefixed(self.meter, f"{who}: ")
             source = self.source
             files = source.files(facts, set(facts.diff_ids) - held, meter)
             base_files = source.files(earlier, set(bases.values()), meter) \
@@ -277,11 +319,15 @@ class Earth(Role):
 
     def pending(self, peer: str) -> dict[str, set[str]]:
         """What messages still in custody will give the peer once they arrive."""
-        out: dict[str, set[str]] = {COMMIT: set(), LAYER: set(), IMAGE: set(), PROVIDER: set()}
+        return self.pending_all().get(peer, {})
+
+    def pending_all(self) -> dict[str, dict[str, set[str]]]:
+        """`pending` of every peer, in one pass over custody."""
+        out: dict[str, dict[str, set[str]]] = {}
         for msg in self.node.state.messages(SENDING):
-            if msg.peer == peer:
-                for kind, values in msg.meta.get("holds", {}).items():
-                    out.setdefault(kind, set()).update(values)
+            mine = out.setdefault(msg.peer, {})
+            for kind, values in msg.meta.get("holds", {}).items():
+                mine.setdefault(kind, set()).update(values)
         return out
 
     # what comes back
@@ -319,7 +365,7 @@ class Earth(Role):
             except ConfigError:
                 unavailable.append(ref)
                 continue
-            self._send_image(header.src, facts, held, release, full=full)
+            self._image_need(header.src, facts, held, release, full=full).send([header.src])
             sent.append(ref)
         if unavailable:
             self.sender.submit(header.src, "image-unavailable", None, priority=EXPEDITED,

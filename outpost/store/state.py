@@ -232,6 +232,12 @@ class State:
         rows = self.q("SELECT * FROM messages WHERE id = ?", msg_id)
         return _message(rows[0]) if rows else None
 
+    def custody_holders(self, path: str) -> int:
+        """Messages still sending from the custody file `path` (a shared bundle's is one
+        file for all its peers)."""
+        return int(self.q("SELECT count(*) FROM messages WHERE path = ? AND state = ?", path,
+                          SENDING)[0][0])
+
     def messages(self, state: str | None = None) -> list[Message]:
         if state is None:
             return [_message(r) for r in self.q("SELECT * FROM messages ORDER BY created")]
@@ -272,12 +278,17 @@ class State:
         with self.tx() as db:
             db.execute(f"UPDATE units SET {cols} WHERE id = ?", (*fields.values(), unit_id))
 
-    def claim(self, unit_id: str) -> bool:
-        """Take a waiting unit for the outbox; False if another process already did."""
+    def claim(self, unit_ids: list[str]) -> set[str]:
+        """Take waiting units for the outbox, in one transaction; the ones another process
+        took already are not among those returned."""
+        claimed = set()
         with self.tx() as db:
-            cur = db.execute("UPDATE units SET state = ?, attempts = attempts + 1 "
-                             "WHERE id = ? AND state = ?", (QUEUED, unit_id, NEW))
-            return cur.rowcount == 1
+            for unit_id in unit_ids:
+                cur = db.execute("UPDATE units SET state = ?, attempts = attempts + 1 "
+                                 "WHERE id = ? AND state = ?", (QUEUED, unit_id, NEW))
+                if cur.rowcount == 1:
+                    claimed.add(unit_id)
+        return claimed
 
     def set_units(self, changes: list[tuple[str, dict[str, Any]]]) -> None:
         """Several unit updates in one transaction (one fsync for a whole ack batch)."""
