@@ -317,12 +317,9 @@ class Earth(Role):
                                store=source.cache, meter=meter).to_meta()
         return fill
 
-    def pending(self, peer: str) -> dict[str, set[str]]:
-        """What messages still in custody will give the peer once they arrive."""
-        return self.pending_all().get(peer, {})
-
     def pending_all(self) -> dict[str, dict[str, set[str]]]:
-        """`pending` of every peer, in one pass over custody."""
+        """What messages still in custody will give each peer once they arrive, in one
+        pass over custody."""
         out: dict[str, dict[str, set[str]]] = {}
         for msg in self.node.state.messages(SENDING):
             mine = out.setdefault(msg.peer, {})

@@ -106,7 +106,8 @@ class LayerCache:
 
     def trim(self) -> int:
         """Drop the least recently used entries until the cache fits its bound, keeping
-        what was used since this cache was opened; returns the bytes freed."""
+        what was used since the last trim (the publish that ends with it); returns the
+        bytes freed."""
         entries = sorted(self._entries(), key=lambda e: e[2])
         total, freed = sum(size for _p, size, _t in entries), 0
         for path, size, _t in entries:
@@ -118,6 +119,7 @@ class LayerCache:
             if path.parent == self.packs:
                 path.with_name(path.name + ".json").unlink(missing_ok=True)
             freed += size
+        self._used.clear()
         return freed
 
     def _entries(self) -> list[tuple[Path, int, float]]:
