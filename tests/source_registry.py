@@ -1,5 +1,5 @@
-"""A distribution registry that wants a password: Earth's image source in the tests and the
-fleet bench (docker-registry with htpasswd auth, on a free loopback port)."""
+"""Registries of a test's own (docker-registry on a free loopback port): one that wants a
+password, Earth's image source, and plain ones for extra outposts."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ storage:
     rootdirectory: {storage}
 http:
   addr: {address}
+"""
+AUTH = """\
 auth:
   htpasswd:
     realm: outpost-source
@@ -49,10 +51,17 @@ def auth_registry(folder: Path, user: str, password: str) -> Iterator[str]:
     """A registry that answers only `user`:`password` (its address), stopped afterwards."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "htpasswd").write_text(f"{user}:{bcrypt_hash(password)}\n")
+    with served(folder, AUTH.format(htpasswd=folder / "htpasswd")) as address:
+        yield address
+
+
+@contextlib.contextmanager
+def served(folder: Path, extra: str = "") -> Iterator[str]:
+    """A registry of its own in `folder` (its address), stopped afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
     address = f"127.0.0.1:{free_port()}"
     config = folder / "registry.yml"
-    config.write_text(CONFIG.format(storage=folder / "storage", address=address,
-                                    htpasswd=folder / "htpasswd"))
+    config.write_text(CONFIG.format(storage=folder / "storage", address=address) + extra)
     with open(folder / "registry.log", "wb") as log:
         proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log,
                                 stderr=subprocess.STDOUT)
@@ -68,7 +77,8 @@ def _wait_up(address: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            urllib.request.urlopen(f"http://{address}/v2/", timeout=1)
+            with urllib.request.urlopen(f"http://{address}/v2/", timeout=1):
+                return  # up, open to all
         except urllib.error.HTTPError as e:
             if e.code == 401:  # up, and asking for the password
                 return

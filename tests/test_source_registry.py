@@ -20,15 +20,17 @@ import pytest
 from outpost.errors import ConfigError, RegistryError
 from outpost.gateway.auth import Credentials, authorization, parse_challenge
 from outpost.gateway.registry import Registry
+from outpost.home import Home
+from outpost.node.setup import init_home, trust_peer
 from outpost.progress import silent
 from outpost.sources.cache import DigestMismatch, LayerCache
 from outpost.sources.registry import RegistrySource, _address
 
 from .conftest import Services
 from .images import app_image, busybox_base, image_facts
-from .procs import assert_clean_log, start_link, start_node, wait_for
-from .source_registry import auth_registry
-from .test_e2e_release import Site, registry_image_id
+from .procs import assert_clean_log, cli, start_link, start_node, wait_for
+from .source_registry import auth_registry, served
+from .test_e2e_release import SETTINGS, Site, registry_image_id
 
 USER, PASSWORD = "ci", "s3cret pass"
 NO_DOCKER = "unix:///nonexistent/docker.sock"
@@ -179,6 +181,8 @@ def test_the_source_reads_what_docker_pushed(source: str, docker_client: docker.
 def test_earth_publishes_from_the_registry_with_no_docker_daemon(
         tmp_path: Path, services: Services, source: str,
         docker_client: docker.DockerClient) -> None:
+    """Two outposts (mars on the shared registry, moon on one of its own), each behind its
+    own lossy link-sim: both get v1, then v2 as a delta, as one shared bundle each time."""
     site = Site(tmp_path, services, "outpost-test/src-e2e")
     base, app = f"{site.prefix}-base:1", f"{site.prefix}-app"
     busybox_base(docker_client, base)
@@ -192,18 +196,35 @@ def test_earth_publishes_from_the_registry_with_no_docker_daemon(
     toml.write_text(text.replace("[earth]\n", f"[earth]\n{table}", 1) if "[earth]\n" in text
                     else f"{text}\n[earth]\n{table}")
     site.env = {"DOCKER_HOST": NO_DOCKER}  # Earth's commands and node: no daemon at all
-    site.procs = [start_link(site.earth.path, site.mars.path, tmp_path / "link",
-                             "--latency", "200ms", "--loss", "0.05", "--seed", "3"),
-                  start_node(site.earth.path, "earth", env=site.env),
-                  start_node(site.mars.path, "outpost",
-                             env={"DOCKER_HOST": services.docker_host})]
-    for v in ("v1", "v2"):
-        commit = site.commit([f"{app}:{v}"], v)
-        sent = site.publish()
-        wait_for(lambda c=commit: site.released(c), 120, f"{v} ready at the outpost")
-        wait_for(site.link_idle, 60, "Earth's custody empty (the outpost's acks home)")
-        assert registry_image_id(services.registry, f"{app}:{v}") == \
-            image_facts(docker_client, f"{app}:{v}")[0]
+    outpost_env = {"DOCKER_HOST": services.docker_host}
+    with served(tmp_path / "moon-registry") as moon_registry:
+        moon = init_home(tmp_path / "moon" / "home", "outpost", "moon", SETTINGS,
+                         registry=moon_registry)
+        with open(moon.path / "node.toml", "a") as f:
+            f.write('sync_interval = "1h"\n')
+        trust_peer(site.earth, moon.path)
+        trust_peer(moon, site.earth.path)
+        site.procs = [start_link(site.earth.path, site.mars.path, tmp_path / "link",
+                                 "--latency", "200ms", "--loss", "0.05", "--seed", "3"),
+                      start_link(site.earth.path, moon.path, tmp_path / "moon" / "link",
+                                 "--latency", "350ms", "--loss", "0.1", "--seed", "4"),
+                      start_node(site.earth.path, "earth", env=site.env),
+                      start_node(site.mars.path, "outpost", env=outpost_env),
+                      start_node(moon.path, "outpost", env=outpost_env)]
+        for v in ("v1", "v2"):
+            commit = site.commit([f"{app}:{v}"], v)
+            sent = site.publish()
+            for home in (site.mars, moon):
+                wait_for(lambda c=commit, h=home: ready(h, c), 120,
+                         f"{v} ready at {home.name}")
+            wait_for(lambda: not site.status(site.earth)["sending"], 60,
+                     "Earth's custody empty (the outposts' acks home)")
+            image_id = image_facts(docker_client, f"{app}:{v}")[0]
+            assert registry_image_id(services.registry, f"{app}:{v}") == image_id
+            assert registry_image_id(moon_registry, f"{app}:{v}") == image_id
+            images = {r["peer"]: m["id"] for r in sent for m in r["messages"]
+                      if m["kind"] == "image"}
+            assert images["mars"].split("@")[0] == images["moon"].split("@")[0], images
     what = " ".join(m["what"] for r in sent for m in r["messages"])
     assert re.search(r"1 of \d layers, 1 as deltas", what), what  # v2 against v1, cached
     assert list((site.earth.path / "spool" / "cache" / "blobs").iterdir())
@@ -211,3 +232,8 @@ def test_earth_publishes_from_the_registry_with_no_docker_daemon(
         p.terminate()
         p.wait(20)
     assert_clean_log(site.earth.path)
+
+
+def ready(home: Home, commit: str) -> bool:
+    return any(r["commit_id"] == commit and r["state"] == "ready"
+               for r in cli("status", "--home", str(home.path))["releases"])

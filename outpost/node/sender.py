@@ -215,7 +215,10 @@ class Sender:
                 os.utime(hidden)  # a link keeps the file's old time: not a stale write
             else:
                 self._write_unit(hidden, msg, unit)
-        except FileNotFoundError:
+        except FileNotFoundError as e:
+            if Path(msg.path).exists():  # not the custody copy: the next fill tries again
+                log.warning("cannot write %s for %s yet: %s", unit.id, unit.peer, e)
+                return None
             self.fail(msg, f"its custody copy {msg.path} is gone")
             return None
         return hidden
@@ -258,7 +261,11 @@ class Sender:
         path = shared_units(msg) / f"{tag}.opb"
         if not path.exists():
             path.parent.mkdir(exist_ok=True)
-            self._write_unit(path, msg, unit)
+            # Another process (the node, a publish) may write the same unit at once: each
+            # writes its own file, and the last rename wins (the bytes are the same).
+            mine = path.with_name(f".{tag}.{os.getpid()}.opb")
+            self._write_unit(mine, msg, unit)
+            os.replace(mine, path)
         return path
 
     def _write_repair(self, dest: Path, msg: Message, unit: Unit) -> None:
