@@ -4,7 +4,6 @@ password, Earth's image source, and plain ones for extra outposts."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import time
 import urllib.error
@@ -12,6 +11,8 @@ import urllib.request
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+
+from .conftest import probes
 
 CONFIG = """\
 version: 0.1
@@ -29,12 +30,6 @@ auth:
     realm: outpost-source
     path: {htpasswd}
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bcrypt_hash(password: str) -> str:
@@ -59,7 +54,7 @@ def auth_registry(folder: Path, user: str, password: str) -> Iterator[str]:
 def served(folder: Path, extra: str = "") -> Iterator[str]:
     """A registry of its own in `folder` (its address), stopped afterwards."""
     folder.mkdir(parents=True, exist_ok=True)
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{probes.free_port()}"
     config = folder / "registry.yml"
     config.write_text(CONFIG.format(storage=folder / "storage", address=address) + extra)
     with open(folder / "registry.log", "wb") as log:

@@ -78,6 +78,16 @@ def authorization(challenge: str, creds: Credentials, where: str,
     return f"Bearer {_fetch_token(params, creds, where, context, timeout)}"
 
 
+def connection_to(url: str, timeout: float,
+                  context: ssl.SSLContext | None) -> http.client.HTTPConnection:
+    """A connection to the host of `url`, over HTTPS (checked against `context`, or the
+    system's CAs) when it says https."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(parts.netloc, timeout=timeout, context=context)
+    return http.client.HTTPConnection(parts.netloc, timeout=timeout)
+
+
 def _fetch_token(params: dict[str, str], creds: Credentials, where: str,
                  context: ssl.SSLContext | None, timeout: float) -> str:
     realm = params.get("realm", "")
@@ -85,9 +95,7 @@ def _fetch_token(params: dict[str, str], creds: Credentials, where: str,
     if url.scheme not in ("http", "https") or not url.hostname:
         raise RegistryError(f"{where} names no usable token service (realm {realm!r})")
     query = urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
-    conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-        url.netloc, timeout=timeout, context=context) if url.scheme == "https" else \
-        http.client.HTTPConnection(url.netloc, timeout=timeout)
+    conn = connection_to(realm, timeout, context)
     headers = {"User-Agent": "outpost"}
     if (basic := creds.basic()) is not None:
         headers["Authorization"] = basic

@@ -22,7 +22,7 @@ from ..images.delta import available as delta_available
 from ..images.parts import ImagePayload, Part, PartSplitter, Sink
 from ..node.context import log
 from ..progress import Meter, running_total, silent
-from ..release.manifest import ImageFacts
+from ..release.manifest import ImageFacts, digest_file_name
 from ..store.releases import ReleaseStore
 from .registry import OCI_MANIFEST, Registry, Upload, image_ref_parts, oci_manifest
 
@@ -60,7 +60,7 @@ class Gateway:
         """
         facts = payload.facts
         repo, _tag = image_ref_parts(facts.ref)
-        config = staging / facts.image_id.replace(":", "-")
+        config = staging / digest_file_name(facts.image_id)
         uploads: dict[str, Upload] = {}
         rebuilt: dict[str, _Rebuilt] = {}
         checked = False

@@ -33,7 +33,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from ..errors import ConfigError, RegistryError
 from ..home import OutpostSettings
 from ..release.manifest import DIGEST, NAME, TAG, split_ref
-from .auth import Credentials, authorization
+from .auth import Credentials, authorization, connection_to
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -268,7 +268,8 @@ class Registry:
                 if resp.status in (301, 302, 303, 307, 308) and location:
                     resp.read()
                     conn.close()
-                    conn = _connection_to(location, self.timeout, self._ssl)
+                    # object storage: a connection of its own, no registry credentials
+                    conn = connection_to(location, self.timeout, self._ssl)
                     resp = _get(conn, _location_path(location), {})
             except (OSError, http.client.HTTPException) as e:
                 raise self._unreachable(e) from e
@@ -657,16 +658,6 @@ def _get(conn: http.client.HTTPConnection, path: str,
          headers: dict[str, str]) -> http.client.HTTPResponse:
     conn.request("GET", path, headers={"User-Agent": "outpost", **headers})
     return conn.getresponse()
-
-
-def _connection_to(url: str, timeout: float,
-                   context: ssl.SSLContext | None) -> http.client.HTTPConnection:
-    """A connection to where a redirect points (object storage: no registry credentials)."""
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        return http.client.HTTPSConnection(parts.netloc, timeout=timeout,
-                                           context=context or ssl.create_default_context())
-    return http.client.HTTPConnection(parts.netloc, timeout=timeout)
 
 
 def _location_path(location: str) -> str:

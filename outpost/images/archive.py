@@ -11,7 +11,7 @@ from typing import IO
 
 from ..errors import ConfigError
 from ..progress import Advance, Meter, silent
-from ..release.manifest import ImageFacts
+from ..release.manifest import ImageFacts, digest_file_name
 
 CHUNK = 1024 * 1024
 
@@ -69,6 +69,6 @@ def _copy(tar: tarfile.TarFile, name: str, into: Path, advance: Advance) -> tupl
             out.write(block)
             advance(len(block))
     digest = "sha256:" + sha.hexdigest()
-    target = into / digest.replace(":", "-")
+    target = into / digest_file_name(digest)
     tmp.replace(target)
     return digest, target

@@ -17,7 +17,7 @@ from typing import BinaryIO, cast
 
 from ..errors import DockerError
 from ..progress import Meter, MeteredReader, silent
-from ..release.manifest import ImageFacts
+from ..release.manifest import ImageFacts, digest_file_name
 from .engine import Engine
 
 SAVE_CHUNK = 1024 * 1024
@@ -101,7 +101,7 @@ def _spool_member(tar: tarfile.TarFile, member: tarfile.TarInfo, wanted: set[str
             tmp.flush()
             os.fsync(tmp.fileno())
     if digest in wanted and digest not in kept:
-        target = into / digest.replace(":", "-")
+        target = into / digest_file_name(digest)
         os.replace(tmp.name, target)
         kept[digest] = target
     else:

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Protocol, cast
 
 from ..codec import PartWriter
 from ..progress import Advance, Meter, MeteredReader, silent
-from ..release.manifest import ImageFacts
+from ..release.manifest import ImageFacts, digest_file_name
 from .delta import patch, usable_base
 from .parts import ImagePayload, Part
 
@@ -37,23 +37,20 @@ def write_image(facts: ImageFacts, files: dict[str, Path], held: set[str], w: Pa
     base in `bases` (layer -> an earlier layer the outpost holds, in `base_files`) as a
     delta against it where that pays (delta.py)."""
     wanted = [d for d in dict.fromkeys(facts.diff_ids) if d not in held]
-    bases = {d: b for d, b in (bases or {}).items() if d in wanted and b in (base_files or {})}
+    base_files = base_files or {}
+    bases = {d: b for d, b in (bases or {}).items() if d in wanted and b in base_files}
     advance = meter(f"packing {facts.ref}", sum(files[d].stat().st_size
                                                 for d in {facts.image_id, *wanted}))
     packer = _Packer(w, store, advance)
     config = packer.whole(facts.image_id, files[facts.image_id])
     layers = []
     for d in wanted:
-        base = (base_files or {}).get(bases.get(d, ""))
+        base = base_files.get(bases.get(d, ""))
         if base is not None and usable_base(base.stat().st_size, files[d].stat().st_size):
             layers.append(packer.delta(d, files[d], bases[d], base))
         else:
             layers.append(packer.whole(d, files[d]))
     return ImagePayload(facts=facts, config_size=config.size, layers=layers)
-
-
-def _key(digest: str) -> str:
-    return digest.replace(":", "-")
 
 
 class _Packer:
@@ -65,12 +62,13 @@ class _Packer:
         self.store = store if w.codec == "zstd" else None
 
     def whole(self, digest: str, path: Path) -> Part:
-        return self._part(_key(digest), path, lambda: Part(digest, _copy_part(
+        return self._part(digest_file_name(digest), path, lambda: Part(digest, _copy_part(
             path, self.w, self.advance)))
 
     def delta(self, digest: str, path: Path, base_id: str, base: Path) -> Part:
-        return self._part(f"{_key(digest)}-from-{_key(base_id)}", path, lambda: _write_delta(
-            path, digest, base, base_id, self.w, self.advance))
+        key = f"{digest_file_name(digest)}-from-{digest_file_name(base_id)}"
+        return self._part(key, path, lambda: _write_delta(path, digest, base, base_id, self.w,
+                                                          self.advance))
 
     def _part(self, key: str, layer: Path, make: Callable[[], Part]) -> Part:
         if self.store is None:

@@ -125,11 +125,10 @@ class Sender:
             msgs.append(msg)
         log.info("queued %s %s for %s: %d bytes in %d unit(s)", kind, header.id,
                  peers_text(peers), size, msgs[0].units, extra=about(header.id, kind, peers[0]))
-        for peer in peers:
-            if self._deferred is None:
-                self.fill(peer)
-            else:
-                self._deferred.add(peer)
+        if self._deferred is None:
+            self.fill_all(peers)
+        else:
+            self._deferred.update(peers)
         return msgs
 
     def _plan(self, peer: str, size: int) -> fec.Layout | None:

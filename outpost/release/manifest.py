@@ -20,6 +20,13 @@ IMAGE_REF = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*(?::{_TAG})?\Z")
 COMMIT = re.compile(r"[0-9a-f]{40}\Z")
 
 
+def digest_file_name(digest: str) -> str:
+    """The file name of content named by `digest`: sha256:HEX -> sha256-HEX (no colon)."""
+    if not DIGEST.match(digest):
+        raise ValueError(f"not a sha256 digest: {digest!r}")
+    return digest.replace(":", "-")
+
+
 def split_ref(ref: str) -> tuple[str | None, str, str | None]:
     """(registry host or None, name, tag or None) of an image reference, digest left on the
     name. A first component with a dot or a colon, or `localhost`, is a registry host: the

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..fsutil import atomic_write_bytes, atomic_writer
-
-PREFIX = "sha256-"
+from ..release.manifest import digest_file_name
 
 
 class DigestMismatch(Exception):
@@ -41,7 +40,7 @@ class LayerCache:
     # blobs
     def blob(self, digest: str) -> Path | None:
         """The cached file of `digest`, marked used, or None."""
-        return self._use(self.blobs / _name(digest))
+        return self._use(self.blobs / digest_file_name(digest))
 
     def blob_dir(self) -> Path:
         """Where a source writes blobs itself (named sha256-HEX, written whole, then
@@ -58,7 +57,7 @@ class LayerCache:
     def writing(self, digest: str) -> Iterator[BinaryIO]:
         """A file that becomes blob `digest` when the block ends, if its content hashes to
         it; DigestMismatch (and nothing kept) otherwise."""
-        target = self.blob_dir() / _name(digest)
+        target = self.blob_dir() / digest_file_name(digest)
         with atomic_writer(target) as out:
             checked = _Hashing(out)
             yield checked  # type: ignore[misc]
@@ -90,14 +89,14 @@ class LayerCache:
     # image records
     def record(self, image_id: str) -> dict[str, Any] | None:
         try:
-            found = json.loads((self.images / f"{_name(image_id)}.json").read_text())
+            found = json.loads((self.images / f"{digest_file_name(image_id)}.json").read_text())
         except (OSError, ValueError):
             return None
         return found if isinstance(found, dict) else None
 
     def keep_record(self, image_id: str, record: dict[str, Any]) -> None:
         self.images.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.images / f"{_name(image_id)}.json",
+        atomic_write_bytes(self.images / f"{digest_file_name(image_id)}.json",
                      json.dumps(record, sort_keys=True).encode())
 
     # the bound
@@ -151,9 +150,3 @@ class _Hashing:
     def write(self, data: bytes) -> int:
         self.sha.update(data)
         return self.out.write(data)
-
-
-def _name(digest: str) -> str:
-    if not digest.startswith("sha256:"):
-        raise ValueError(f"not a sha256 digest: {digest!r}")
-    return PREFIX + digest[len("sha256:"):]
